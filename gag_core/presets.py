@@ -1,0 +1,57 @@
+"""Recommended GAG settings per model family: the one table the nodes, workflows and web panel follow."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Starting point for one family: λ (scale), β, τ, α, step window and guided blocks."""
+
+    family: str
+    label: str
+    scale: float  # λ
+    beta: float  # β, weight of the orthogonal component
+    tau: float  # τ, norm cap on G (0 = off)
+    alpha: float  # α of α-entmax
+    start_percent: float
+    end_percent: float
+    blocks: str  # UNet: "input,output" ...; MMDiT: "double,single"
+    pladis_scale: float  # PLADIS s (out = O_d + s·(O_s − O_d))
+    scale_range: tuple[float, float]  # range worth exploring for λ
+    beta_range: tuple[float, float]
+    note: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# Sources: the GAG paper (β = 0 default, τ rescaling, α = 1.5 entmax as in PLADIS), PLADIS (s = 2.0,
+# input + output UNet blocks, middle excluded) and public re-implementations (λ 5–10, τ 15).
+PRESETS: dict[str, Preset] = {
+    p.family: p
+    for p in (
+        Preset("sd15", "SD 1.5", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "input,output", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "UNet cross-attention (77 CLIP tokens); as SDXL."),
+        Preset("sdxl", "SDXL", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "input,output", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "CFG 5–7, 25–50 steps. Raise λ towards 10 for stronger prompt adherence; keep β ≤ 0.3."),
+        Preset("dmd2", "DMD2 / distilled SDXL", 3.0, 0.0, 15.0, 1.5, 0.0, 1.0, "input,output", 2.0, (1.0, 6.0),
+               (0.0, 0.2), "4-step distilled SDXL (DMD2, Lightning, Hyper) at CFG 1: GAG is the only guidance."),
+        Preset("flux1", "FLUX.1", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Joint attention: only image-query × text-key weights change. Works for dev and schnell."),
+        Preset("flux2", "FLUX.2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "As FLUX.1; FLUX.2 pads text to 512 tokens at the front."),
+        Preset("qwen_image", "Qwen-Image", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "MMDiT with double-stream blocks only."),
+        Preset("sd3", "SD3 / SD3.5", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "MMDiT joint attention [context | image]."),
+    )
+}
+
+
+def get_preset(family: str) -> Preset:
+    """Return the preset for `family`, with a clear error for an unknown one."""
+    try:
+        return PRESETS[family]
+    except KeyError:
+        raise ValueError(f"unknown model family {family!r}; known: {sorted(PRESETS)}") from None

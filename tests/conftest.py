@@ -1,0 +1,69 @@
+"""Shared test setup: import paths, marker skipping, and loading the pack the way ComfyUI does."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Appended, not prepended: ComfyUI's own top-level `nodes` module must win over our `nodes/` package.
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))
+
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+PACK_NAME = "comfyui_gag"
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_comfy = pytest.mark.skip(reason="COMFYUI_PATH is not set")
+    skip_gpu = pytest.mark.skip(reason="no CUDA GPU")
+    has_gpu = _cuda_available()
+    for item in items:
+        if "comfyui" in item.keywords and not COMFYUI_PATH:
+            item.add_marker(skip_comfy)
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
+
+
+def add_comfyui_to_path() -> Path:
+    """Put the ComfyUI checkout at COMFYUI_PATH first on sys.path and return it."""
+    if not COMFYUI_PATH:
+        pytest.skip("COMFYUI_PATH is not set")
+    path = Path(COMFYUI_PATH).resolve()
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    return path
+
+
+def load_pack(name: str = PACK_NAME):
+    """Import the repository root as a package, as ComfyUI imports a custom node folder."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(
+        name, REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        del sys.modules[name]
+        raise
+    return module
+
+
+@pytest.fixture(scope="session")
+def comfyui_path() -> Path:
+    return add_comfyui_to_path()
