@@ -1,0 +1,106 @@
+"""Binding one call of ComfyUI's attention kernels, and moving tensors between its layouts and (B, H, L, D).
+
+Every ComfyUI kernel (pytorch, sage, flash, xformers, sub-quadratic, split, basic) has the signature
+`(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False, **kwargs)`,
+but the first names differ (sub-quadratic says query/key/value), so the call is bound by position first.
+Layouts: skip_reshape=True gives q, k, v as (B, H, L, D); otherwise (B, L, H·D) (SD3's v is (B, L, H, D)).
+The output is (B, L, H·D), or (B, H, L, D) when skip_output_reshape=True.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+POSITIONAL = ("q", "k", "v", "heads", "mask", "attn_precision", "skip_reshape", "skip_output_reshape")
+ALIASES = {"query": "q", "key": "k", "value": "v", "num_heads": "heads"}
+
+
+@dataclass
+class AttentionCall:
+    """The arguments of one attention call, by canonical name, plus the untouched originals."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    heads: int
+    mask: object
+    skip_reshape: bool
+    skip_output_reshape: bool
+    transformer_options: dict
+    args: tuple
+    kwargs: dict
+
+    @property
+    def batch(self) -> int:
+        return self.q.shape[0]
+
+    @property
+    def q_len(self) -> int:
+        return self.q.shape[2] if self.skip_reshape else self.q.shape[1]
+
+    @property
+    def k_len(self) -> int:
+        return self.k.shape[2] if self.skip_reshape else self.k.shape[1]
+
+
+def bind_attention_call(args: tuple, kwargs: dict) -> AttentionCall | None:
+    """Bind (args, kwargs) of an attention call by position then name; None when q, k, v or heads are missing."""
+    bound = {}
+    for name, value in zip(POSITIONAL, args):
+        bound[name] = value
+    for name, value in kwargs.items():
+        bound.setdefault(ALIASES.get(name, name), value)
+    q, k, v, heads = (bound.get(n) for n in ("q", "k", "v", "heads"))
+    if not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
+        return None
+    try:
+        heads = int(heads)
+    except (TypeError, ValueError):
+        return None
+    if heads <= 0:
+        return None
+    return AttentionCall(
+        q=q, k=k, v=v, heads=heads, mask=bound.get("mask"),
+        skip_reshape=bool(bound.get("skip_reshape", False)),
+        skip_output_reshape=bool(bound.get("skip_output_reshape", False)),
+        transformer_options=kwargs.get("transformer_options") or {},
+        args=tuple(args), kwargs=dict(kwargs),
+    )
+
+
+def to_bhld(t: torch.Tensor, heads: int, skip_reshape: bool) -> torch.Tensor:
+    """An input tensor in (B, H, L, D): as given when skip_reshape, else from (B, L, H·D) or (B, L, H, D)."""
+    if skip_reshape:
+        return t
+    return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
+
+
+def output_to_bhld(o: torch.Tensor, heads: int, skip_output_reshape: bool) -> torch.Tensor:
+    """A kernel output in (B, H, L, D): as given when skip_output_reshape, else from (B, L, H·D)."""
+    if skip_output_reshape:
+        return o
+    return o.reshape(o.shape[0], o.shape[1], heads, -1).transpose(1, 2)
+
+
+def output_from_bhld(o: torch.Tensor, skip_output_reshape: bool) -> torch.Tensor:
+    """(B, H, L, D) back to the layout the caller asked for: itself, or (B, L, H·D)."""
+    if skip_output_reshape:
+        return o
+    b, h, n, d = o.shape
+    return o.transpose(1, 2).reshape(b, n, h * d)
+
+
+def mask_to_4d(mask) -> torch.Tensor | None:
+    """A mask as ComfyUI's pytorch kernel reads it: (N, M) -> (1, 1, N, M), (B, N, M) -> (B, 1, N, M)."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"attention mask must be a tensor or None, got {type(mask).__name__}")
+    if mask.ndim == 2:
+        return mask[None, None]
+    if mask.ndim == 3:
+        return mask[:, None]
+    if mask.ndim == 4:
+        return mask
+    raise ValueError(f"attention mask must have 2 to 4 dims, got shape {tuple(mask.shape)}")
