@@ -34,7 +34,16 @@ class BlockSelection:
         """The selection written back in the input grammar (for logs)."""
         parts = []
         for name, ids in self.groups:
-            parts.append(name if ids is None else f"{name}:{','.join(str(i) for i in sorted(ids))}")
+            if ids is None:
+                parts.append(name)
+                continue
+            runs: list[list[int]] = []
+            for i in sorted(ids):
+                if runs and i == runs[-1][1] + 1:
+                    runs[-1][1] = i
+                else:
+                    runs.append([i, i])
+            parts.extend(f"{name}:{a}" if a == b else f"{name}:{a}-{b}" for a, b in runs)
         return ", ".join(parts)
 
 
