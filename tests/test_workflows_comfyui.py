@@ -1,0 +1,206 @@
+"""The bundled workflows against a real ComfyUI (COMFYUI_PATH): prompt validation, template serving, official files."""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+import workflow_utils as wu
+
+pytestmark = pytest.mark.comfyui
+
+PATHS = wu.workflow_paths()
+IDS = [p.name for p in PATHS]
+PACK_FOLDER = "ComfyUI-GAG"
+# Same file name as in the installed official templates but a newer official URL: name -> why.
+NEWER_OFFICIAL_URLS = {
+    "qwen_3_4b.safetensors": "the FLUX.2 Klein templates (newer than ComfyUI 0.8.0's) ship it from Comfy-Org/flux2-klein",
+}
+
+
+@pytest.fixture(scope="module")
+def host(comfyui_path):
+    """ComfyUI's `nodes` module with its extra nodes and this pack registered."""
+    return wu.init_host_nodes()
+
+
+@pytest.fixture
+def placeholder_models(host, tmp_path, monkeypatch):
+    """Point ComfyUI's model folders at a temporary tree; returns a function creating empty model files."""
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    folders = {}
+
+    def create(directory: str, name: str) -> None:
+        if directory not in folders:
+            folders[directory] = tmp_path / "models" / directory
+            folders[directory].mkdir(parents=True)
+            _, extensions = folder_paths.folder_names_and_paths[directory]
+            monkeypatch.setitem(folder_paths.folder_names_and_paths, directory, ([str(folders[directory])],
+                                                                                  extensions))
+        (folders[directory] / name).write_bytes(b"")
+        folder_paths.filename_list_cache.clear()
+
+    return create
+
+
+@pytest.mark.parametrize("path", PATHS, ids=IDS)
+def test_comfyui_validates_the_prompt(path, host, placeholder_models):
+    import execution
+
+    wf = wu.load_workflow(path)
+    for node in wf["nodes"]:
+        for m in node.get("properties", {}).get("models", []):
+            placeholder_models(m["directory"], m["name"])
+    object_info = wu.host_object_info([n["type"] for n in wf["nodes"]])
+    # With the files present every combo, model files included, must hold its value strictly.
+    for node in wf["nodes"]:
+        if node["type"] in wu.FRONTEND_ONLY:
+            continue
+        layout = wu.widget_layout(object_info[node["type"]])
+        for (spec, kind), value in zip(layout, node["widgets_values"]):
+            if kind == "value":
+                assert wu.value_problem(spec, value) is None, f"{node['type']}: {wu.value_problem(spec, value)}"
+    prompt = wu.to_api_prompt(wf, object_info)
+    valid, error, outputs, node_errors = asyncio.run(execution.validate_prompt("gag-test", prompt, None))
+    assert valid is True, (error, node_errors)
+    assert node_errors == {}
+    saves = {str(n["id"]) for n in wf["nodes"] if n["type"] == "SaveImage"}
+    assert set(outputs) == saves
+
+
+def test_comfyui_rejects_a_prompt_with_a_missing_model(host, placeholder_models):
+    """The validation above is not vacuous: without the placeholder file the same prompt fails."""
+    import execution
+
+    wf = wu.load_workflow(PATHS[0])
+    first = True
+    for node in wf["nodes"]:
+        for m in node.get("properties", {}).get("models", []):
+            if first:  # leave the first model file out
+                first = False
+                continue
+            placeholder_models(m["directory"], m["name"])
+    prompt = wu.to_api_prompt(wf, wu.host_object_info([n["type"] for n in wf["nodes"]]))
+    valid, _, _, node_errors = asyncio.run(execution.validate_prompt("gag-test", prompt, None))
+    assert valid is False and node_errors
+
+
+def test_snapshot_matches_the_host(host):
+    snapshot = wu.snapshot_object_info()
+    live = wu.host_object_info(list(snapshot))
+    stale = [t for t in snapshot if t not in live or wu.snapshot_entry(t, live[t]) != snapshot[t]]
+    assert stale == [], ("tests/workflow_object_info.json differs from the host for these node types; run "
+                         "COMFYUI_PATH=... python tests/workflow_utils.py --write-snapshot")
+
+
+def _official_templates() -> list[Path]:
+    files = []
+    for name in ("comfyui_workflow_templates", "comfyui_workflow_templates_media_image",
+                 "comfyui_workflow_templates_core", "comfyui_workflow_templates_json"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            for loc in spec.submodule_search_locations:
+                files += Path(loc).glob("templates/*.json")
+    return files
+
+
+def test_model_files_match_comfyuis_official_templates():
+    files = _official_templates()
+    if not files:
+        pytest.skip("no comfyui-workflow-templates package with JSON templates installed")
+    official: dict[str, set] = {}
+    for f in files:
+        data = json.loads(f.read_text(encoding="utf-8"))
+        graphs = [data] + list(data.get("definitions", {}).get("subgraphs", []))
+        for graph in graphs:
+            for node in graph.get("nodes", []):
+                for m in (node.get("properties") or {}).get("models") or []:
+                    url = urlparse(m.get("url", ""))
+                    official.setdefault(m.get("name"), set()).add((url.netloc + url.path, m.get("directory")))
+    matched = 0
+    for path in PATHS:
+        for node in wu.load_workflow(path)["nodes"]:
+            for m in node.get("properties", {}).get("models", []):
+                if m["name"] not in official:
+                    continue
+                url = urlparse(m["url"])
+                ours = (url.netloc + url.path, m["directory"])
+                if ours not in official[m["name"]]:
+                    assert m["name"] in NEWER_OFFICIAL_URLS, f"{path.name}: {m} vs official {official[m['name']]}"
+                    assert m["directory"] in {d for _, d in official[m["name"]]}
+                matched += 1
+    assert matched >= 8, "the SDXL, FLUX.1 and Qwen-Image files should all be official ones"
+
+
+def test_front_end_bundle_has_the_ported_schema():
+    """The installed front end still validates workflows with the rules workflow_utils.zod_problems ports."""
+    spec = importlib.util.find_spec("comfyui_frontend_package")
+    if spec is None:
+        pytest.skip("comfyui-frontend-package is not installed")
+    assets = Path(spec.submodule_search_locations[0]) / "static" / "assets"
+    bundle = next((f for f in assets.glob("*.js") if "validateComfyWorkflow" in f.read_text(errors="ignore")), None)
+    assert bundle is not None, "no front-end bundle defines validateComfyWorkflow"
+    text = bundle.read_text(errors="ignore")
+    if "zComfyWorkflow=" not in text:
+        pytest.skip(f"{bundle.name} is minified; the port follows the readable 1.35 bundle")
+    # validateComfyWorkflow: a numeric version is required; version 1 has its own schema, anything else zComfyWorkflow.
+    assert "const zWorkflowVersion=z.object({version:z.number()})" in text
+    assert re.search(r"version===1\?\w+=await zComfyWorkflow1\.safeParseAsync\(\w+\):\w+=await "
+                     r"zComfyWorkflow\.safeParseAsync", text)
+    for fragment in (
+        "last_node_id:zNodeId,last_link_id:z.number(),nodes:z.array(zComfyNode),links:z.array(zComfyLink)",
+        "version:z.number(),models:z.array(zModelFile).optional()",
+        "zComfyLink=z.tuple([z.number(),zNodeId,zSlotIndex,zNodeId,zSlotIndex,zDataType])",
+        "zComfyNode=z.object({id:zNodeId,type:z.string(),pos:zVector2,size:zVector2,flags:zFlags,order:z.number(),"
+        "mode:z.number(),inputs:z.array(zNodeInput).optional(),outputs:z.array(zNodeOutput).optional(),"
+        "properties:zProperties,widgets_values:zWidgetValues.optional()",
+        "zModelFile=z.object({name:z.string(),url:z.string().url(),hash:z.string().optional(),"
+        "hash_type:z.string().optional(),directory:z.string()})",
+    ):
+        assert fragment in text, fragment
+
+
+def test_template_browser_lists_and_serves_the_workflows(host, comfyui_path, tmp_path, monkeypatch):
+    """ComfyUI's /workflow_templates lists workflows/ under the pack folder and serves each file."""
+    import folder_paths
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    # ComfyUI's nodes.py puts comfy/ first on sys.path, so `utils` there is comfy/utils.py; the server imports
+    # the top-level utils package before that. Import it from the checkout root for this test.
+    monkeypatch.delitem(sys.modules, "utils", raising=False)
+    monkeypatch.syspath_prepend(str(comfyui_path))
+    from app.custom_node_manager import CustomNodeManager
+
+    custom_nodes = tmp_path / "custom_nodes"
+    custom_nodes.mkdir()
+    (custom_nodes / PACK_FOLDER).symlink_to(wu.REPO_ROOT, target_is_directory=True)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "custom_nodes", ([str(custom_nodes)], set()))
+
+    async def run():
+        app = web.Application()
+        routes = web.RouteTableDef()
+        CustomNodeManager().add_routes(routes, app, [(PACK_FOLDER, str(custom_nodes / PACK_FOLDER))])
+        app.add_routes(routes)
+        async with TestClient(TestServer(app)) as client:
+            listing = await (await client.get("/workflow_templates")).json()
+            served = {}
+            for name in listing.get(PACK_FOLDER, []):
+                resp = await client.get(f"/api/workflow_templates/{PACK_FOLDER}/{name}.json")
+                served[name] = (resp.status, await resp.read())
+            return listing, served
+
+    listing, served = asyncio.run(run())
+    assert sorted(listing.get(PACK_FOLDER, [])) == sorted(p.stem for p in PATHS)
+    for path in PATHS:
+        status, body = served[path.stem]
+        assert status == 200
+        assert json.loads(body) == wu.load_workflow(path)
