@@ -4,7 +4,10 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -166,6 +169,60 @@ def test_front_end_bundle_has_the_ported_schema():
         "hash_type:z.string().optional(),directory:z.string()})",
     ):
         assert fragment in text, fragment
+
+
+_ZOD_HARNESS = """
+const {{ z }} = require('zod');
+const fs = require('fs');
+const p = (f, n) => f;
+const fromZodError = (e) => JSON.stringify(e.issues.slice(0, 3));
+const src = 'var ' + fs.readFileSync({schema!r}, 'utf8') + '; module.exports = validateComfyWorkflow;';
+const m = {{ exports: {{}} }};
+new Function('z', 'p', 'fromZodError', 'module', src)(z, p, fromZodError, m);
+(async () => {{
+  const out = {{}};
+  for (const f of {files!r}) {{
+    let warned = null;
+    const r = await m.exports(JSON.parse(fs.readFileSync(f, 'utf8')), (msg) => {{ warned = msg; }});
+    out[f] = r ? null : warned;
+  }}
+  console.log(JSON.stringify(out));
+}})();
+"""
+
+
+def test_real_front_end_schema_accepts_the_workflows(tmp_path):
+    """Run the front end's own validateComfyWorkflow (cut from the installed bundle) under node with zod 3."""
+    node = shutil.which("node")
+    spec = importlib.util.find_spec("comfyui_frontend_package")
+    if node is None or spec is None:
+        pytest.skip("needs node and comfyui-frontend-package")
+    env = dict(os.environ)
+    npm = shutil.which("npm")
+    if npm:
+        root = subprocess.run([npm, "root", "-g"], capture_output=True, text=True).stdout.strip()
+        env["NODE_PATH"] = os.pathsep.join(x for x in (env.get("NODE_PATH"), root) if x)
+    if subprocess.run([node, "-e", "require('zod')"], env=env, capture_output=True).returncode != 0:
+        pytest.skip("node cannot require zod (npm install -g zod@3)")
+    assets = Path(spec.submodule_search_locations[0]) / "static" / "assets"
+    start, end = "zRendererType=z.enum", 'p(validateComfyWorkflow,"validateComfyWorkflow")'
+    text = next((t for t in (f.read_text(errors="ignore") for f in assets.glob("*.js")) if start in t and end in t),
+                None)
+    if text is None:
+        pytest.skip("the installed front-end bundle is not the readable kind this harness cuts from")
+    schema = tmp_path / "schema.js"
+    schema.write_text(text[text.index(start):text.index(end)], encoding="utf-8")
+    broken = wu.load_workflow(PATHS[0])
+    broken.pop("version")
+    (tmp_path / "no_version.json").write_text(json.dumps(broken), encoding="utf-8")
+    files = [str(p) for p in PATHS] + [str(tmp_path / "no_version.json")]
+    harness = tmp_path / "validate.js"
+    harness.write_text(_ZOD_HARNESS.format(schema=str(schema), files=files), encoding="utf-8")
+    run = subprocess.run([node, str(harness)], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert {f: result[f] for f in files[:-1]} == {f: None for f in files[:-1]}
+    assert "valid version" in (result[files[-1]] or ""), "the harness must reject a workflow without a version"
 
 
 def test_template_browser_lists_and_serves_the_workflows(host, comfyui_path, tmp_path, monkeypatch):
