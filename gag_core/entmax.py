@@ -13,6 +13,8 @@ Fast paths (sort-free, exact):
 from __future__ import annotations
 
 import math
+import os
+import warnings
 
 import torch
 
@@ -36,57 +38,99 @@ def _row_max(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(m), m, torch.zeros_like(m))
 
 
-def _sparsemax_threshold(x: torch.Tensor, max_iter: int | None = None) -> torch.Tensor:
-    """τ of sparsemax over the last dim by Michelot's fixed point: τ = (Σ_S x − 1)/|S|, S = {x > τ}."""
+def _shift(x: torch.Tensor) -> torch.Tensor:
+    """x − max(x) per row: τ then lies in [−1, 0], where float32 resolves it finely whatever the logit scale."""
+    return x - _row_max(x)
+
+
+def _sparsemax_michelot(x: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`iters` rounds of Michelot's τ ← (Σ_S x − 1)/|S|, S = {x > τ}, from τ₀ = max − 1; (τ, exact?) per row.
+
+    τ rises monotonically from below and is exact as soon as S stops changing. No data-dependent control
+    flow, so torch.compile can fuse it into one pass per row.
+    """
     tau = _row_max(x) - 1.0
-    n = x.shape[-1]
-    for _ in range(max_iter or n):
+    for _ in range(iters + 1):
         support = x > tau
         k = support.sum(dim=-1, keepdim=True)
-        s = torch.where(support, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(dim=-1, keepdim=True)
-        new_tau = (s - 1.0) / k.clamp_min(1)
-        new_tau = torch.where(k > 0, new_tau, tau)
-        # Michelot rises monotonically and stops as soon as the support is stable: then τ is exact.
-        if torch.equal(x > new_tau, support):
-            return new_tau
+        s = torch.where(support, x, torch.zeros_like(x)).sum(dim=-1, keepdim=True)
+        new_tau = torch.where(k > 0, (s - 1.0) / k.clamp_min(1), tau)
+        stable = (x > new_tau).sum(dim=-1, keepdim=True) == k
         tau = new_tau
+    return tau, stable
+
+
+def _entmax15_newton(x: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`iters` Newton steps on f(τ) = Σ(x − τ)_+² − 1 from τ₀ = max − 1, then the closed-form root on the
+    support S = {x > τ}; returns (τ, exact?) per row.
+
+    f is convex and decreasing, so Newton from f(τ₀) ≥ 0 rises monotonically and never passes τ*: S ⊇ S*.
+    The closed form k·t² − 2t·Σ(x−τ) + Σ(x−τ)² − 1 = 0 (t = τ' − τ, smaller root) is exact iff S = S*, which
+    holds iff every element of S stays strictly above it. No data-dependent control flow (compilable).
+    """
+    tau = _row_max(x) - 1.0
+    for _ in range(iters):
+        d = (x - tau).clamp_min(0)
+        s1 = d.sum(dim=-1, keepdim=True)
+        s2 = (d * d).sum(dim=-1, keepdim=True)
+        # s1 = 0 only on a fully masked row: leave its τ alone there.
+        tau = torch.where(s1 > 0, tau + (s2 - 1.0) / (2.0 * s1).clamp_min(torch.finfo(x.dtype).tiny), tau)
+    d = (x - tau).clamp_min(0)
+    support = d > 0
+    k = support.sum(dim=-1, keepdim=True).to(x.dtype)
+    s1 = d.sum(dim=-1, keepdim=True)
+    s2 = (d * d).sum(dim=-1, keepdim=True)
+    kc = k.clamp_min(1)
+    mean = s1 / kc
+    disc = (1.0 - (s2 - s1 * mean)) / kc
+    cand = tau + mean - disc.clamp_min(0).sqrt()
+    x_min_s = torch.where(support, x, torch.full_like(x, math.inf)).amin(dim=-1, keepdim=True)
+    # k = 0 only on a fully masked row (τ₀ < max otherwise): nothing to solve there.
+    exact = ((disc >= 0) & (x_min_s > cand)) | (k == 0)
+    return torch.where(exact, cand, tau), exact
+
+
+def _refine(threshold_fn, x: torch.Tensor, iters: int, max_iters: int) -> torch.Tensor:
+    """τ from `threshold_fn(x, iters)`, re-solved with more iterations on the few rows not yet exact."""
+    tau, exact = threshold_fn(x, iters)
+    while not bool(exact.all()):
+        if iters >= max_iters:
+            raise RuntimeError(f"entmax threshold did not converge in {max_iters} iterations")
+        iters *= 2
+        rows = (~exact).reshape(-1).nonzero().squeeze(-1)
+        flat_x, flat_tau = x.reshape(-1, x.shape[-1]), tau.reshape(-1, 1).clone()
+        sub_tau, sub_exact = threshold_fn(flat_x[rows], iters)
+        flat_tau[rows] = sub_tau
+        tau = flat_tau.reshape(tau.shape)
+        exact = exact.clone().reshape(-1, 1)
+        exact[rows] = sub_exact
+        exact = exact.reshape(tau.shape)
     return tau
 
 
-def _entmax15_threshold(x: torch.Tensor, max_iter: int = 50) -> torch.Tensor:
-    """τ of 1.5-entmax over the last dim for x = z/2: Σ(x − τ)_+² = 1, by Newton + exact closed form."""
-    tau = _row_max(x) - 1.0  # f(τ₀) ≥ 0, so τ₀ ≤ τ*
-    done = torch.zeros_like(tau, dtype=torch.bool)
-    result = tau.clone()
-    for _ in range(max_iter):
-        d = (x - tau).clamp_min_(0)  # (..., M)
-        support = d > 0
-        k = support.sum(dim=-1, keepdim=True).to(x.dtype)
-        s1 = d.sum(dim=-1, keepdim=True)
-        s2 = (d * d).sum(dim=-1, keepdim=True)
-        # Closed form on S: k·t² − 2t·Σ(x−τ) + Σ(x−τ)² − 1 = 0 in t = τ' − τ, smaller root.
-        kc = k.clamp_min(1)
-        mean = s1 / kc
-        disc = (1.0 - (s2 - s1 * mean)) / kc
-        cand = tau + mean - disc.clamp_min(0).sqrt()
-        # Exact iff every element of S stays strictly above the candidate (then S is the true support).
-        x_min_s = torch.where(support, x, x.new_full((), math.inf)).amin(dim=-1, keepdim=True)
-        # k = 0 only on a fully masked row (τ₀ < max otherwise): nothing to solve there.
-        exact = ((disc >= 0) & (x_min_s > cand)) | (k == 0)
-        new = exact & ~done
-        result = torch.where(new, cand, result)
-        done = done | exact
-        if bool(done.all()):
-            return result
-        # Newton step from below (f convex, decreasing): τ ← τ + f(τ)/(2 Σ(x − τ)_+), stays ≤ τ*.
-        tau = torch.where(done, tau, tau + (s2 - 1.0) / (2.0 * s1).clamp_min(torch.finfo(x.dtype).tiny))
-    return torch.where(done, result, tau)
+NEWTON_ITERS = 5  # measured: ≥ 99.99 % of rows of random 77-key logits are exact after 5 steps
+MICHELOT_ITERS = 4
 
 
-def _entmax_bisect(z: torch.Tensor, alpha: float, n_iter: int = 60, tol: float = 1e-6) -> torch.Tensor:
-    """α-entmax over the last dim by bisection on τ until the bracket is below `tol`, then normalised."""
+def _sparsemax_threshold(x: torch.Tensor) -> torch.Tensor:
+    """Exact τ of sparsemax over the last dim."""
+    return _refine(_sparsemax_michelot, x, MICHELOT_ITERS, 2 * x.shape[-1] + 8)
+
+
+def _entmax15_threshold(x: torch.Tensor) -> torch.Tensor:
+    """Exact τ of 1.5-entmax over the last dim for x = z/2 (Σ(x − τ)_+² = 1)."""
+    return _refine(_entmax15_newton, x, NEWTON_ITERS, 4 * x.shape[-1] + 64)
+
+
+def _entmax_bisect(z: torch.Tensor, alpha: float, n_iter: int = 100, tol: float | None = None) -> torch.Tensor:
+    """α-entmax over the last dim by bisection on τ until the bracket is below `tol`, then normalised.
+
+    tol defaults to 1e-6 (1e-12 for float64, so float64 gradients are checkable).
+    """
+    if tol is None:
+        tol = 1e-12 if z.dtype == torch.float64 else 1e-6
     am1 = alpha - 1.0
-    x = z * am1
+    x = _shift(z * am1)
     hi = _row_max(x)
     lo = hi - 1.0  # p_max ≤ 1 ⇒ τ* ≥ max − 1;  τ* < max
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
@@ -109,18 +153,67 @@ def _softmax_masked(z: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(p, nan=0.0) if not bool(torch.isfinite(p).all()) else p
 
 
+def _entmax15_probs(z: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """1.5-entmax p = (z/2 − τ)_+² from `iters` Newton steps + closed form; (p, exact?) per row (compilable)."""
+    x = _shift(z * 0.5)
+    tau, exact = _entmax15_newton(x, iters)
+    d = (x - tau).clamp_min(0)
+    return d * d, exact
+
+
+def _sparsemax_probs(z: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """sparsemax p = (z − τ)_+ from `iters` Michelot rounds; (p, exact?) per row (compilable)."""
+    x = _shift(z)
+    tau, exact = _sparsemax_michelot(x, iters)
+    return (x - tau).clamp_min(0), exact
+
+
+_COMPILED: dict = {}
+_COMPILE_MIN_NUMEL = 2**20
+
+
+def _use_compile(z: torch.Tensor) -> bool:
+    """GAG_COMPILE=1 always, 0 never; unset: on CPU for large inputs, where torch.compile pays back."""
+    mode = os.environ.get("GAG_COMPILE", "auto")
+    if mode == "0" or _COMPILED.get("broken"):
+        return False
+    if mode == "1":
+        return True
+    return z.device.type == "cpu" and z.numel() >= _COMPILE_MIN_NUMEL
+
+
+def _fast_probs(fn, z: torch.Tensor, iters: int):
+    """fn(z, iters), through torch.compile when enabled; eager if compiling fails (warned once)."""
+    if _use_compile(z):
+        compiled = _COMPILED.get(fn)
+        if compiled is None:
+            compiled = _COMPILED[fn] = torch.compile(fn, dynamic=True)
+        try:
+            return compiled(z, iters)
+        except Exception as exc:  # no C++ compiler, unsupported platform, ...
+            _COMPILED["broken"] = True
+            warnings.warn(f"gag_core: torch.compile unavailable ({type(exc).__name__}: {exc}); using eager entmax")
+    return fn(z, iters)
+
+
 def _entmax_forward(z: torch.Tensor, alpha: float) -> torch.Tensor:
     """α-entmax over the last dim of a float32/float64 tensor (no autograd)."""
     if alpha == 1.0:
         return _softmax_masked(z)
-    if alpha == 2.0:
-        tau = _sparsemax_threshold(z)
-        return (z - tau).clamp_min(0)
     if alpha == 1.5:
-        x = z * 0.5
-        tau = _entmax15_threshold(x)
-        d = (x - tau).clamp_min_(0)
-        return d.mul_(d)
+        p, exact = _fast_probs(_entmax15_probs, z, NEWTON_ITERS)
+        if not bool(exact.all()):
+            rows = ~exact.squeeze(-1)
+            x = _shift(z[rows] * 0.5)
+            p[rows] = (x - _entmax15_threshold(x)).clamp_min(0) ** 2
+        return p
+    if alpha == 2.0:
+        p, exact = _fast_probs(_sparsemax_probs, z, MICHELOT_ITERS)
+        if not bool(exact.all()):
+            rows = ~exact.squeeze(-1)
+            x = _shift(z[rows])
+            p[rows] = (x - _sparsemax_threshold(x)).clamp_min(0)
+        return p
     return _entmax_bisect(z, alpha)
 
 

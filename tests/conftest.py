@@ -14,6 +14,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.append(str(REPO_ROOT))
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+# Tests run gag_core eagerly unless they opt in: torch.compile would add tens of seconds per shape.
+os.environ.setdefault("GAG_COMPILE", "0")
 PACK_NAME = "comfyui_gag"
 
 

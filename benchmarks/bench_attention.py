@@ -1,0 +1,142 @@
+"""CPU speed and memory of gag_core against one dense SDPA call and a naive reference, measured in one run.
+
+Prints, for the SDXL cross-attention shape and a FLUX-like joint shape scaled for CPU:
+  (a) gag_attention time ÷ one dense F.scaled_dot_product_attention call   (target ≤ 3.0 / ≤ 2.0)
+  (b) naive reference (entmax package + explicit matmuls, unchunked) ÷ gag_attention   (target ≥ 2)
+Timings are interleaved (dense, gag, naive, dense, ...) and each ratio is the median of per-round ratios,
+so load from other processes on a shared machine hits all three alike. Usage:
+  python benchmarks/bench_attention.py [--rounds 7] [--threads 2] [--eager]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import gag_core  # noqa: E402
+
+
+def naive_cross(q, k, v, scale, beta=0.0, tau=15.0):
+    """Reference: entmax package + explicit matmuls + the GAG rule as written, no chunking."""
+    from entmax import entmax15
+
+    z = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    o_s = entmax15(z, dim=-1) @ v
+    o_d = torch.softmax(z, dim=-1) @ v
+    return gag_core.gag_combine_reference(o_s, o_d, scale=scale, beta=beta, tau=tau).to(q.dtype)
+
+
+def naive_joint(q, k, v, text, scale, beta=0.0, tau=15.0):
+    """Reference for joint attention: full logits, dense mass kept, entmax on the image × text block."""
+    from entmax import entmax15
+
+    s, e = text
+    z = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    p = torch.softmax(z, dim=-1)
+    img = torch.ones(z.shape[-2], dtype=torch.bool)
+    img[s:e] = False
+    p_s = p.clone()
+    mass = p[:, :, img, s:e].sum(-1, keepdim=True)
+    p_s[:, :, img, s:e] = mass * entmax15(z[:, :, img, s:e], dim=-1)
+    o_d, o_s = p @ v, p_s @ v
+    out = gag_core.gag_combine_reference(o_s, o_d, scale=scale, beta=beta, tau=tau).to(q.dtype)
+    out[:, :, ~img] = o_d[:, :, ~img]
+    return out
+
+
+def interleaved(fns: dict, rounds: int) -> dict:
+    """Median seconds of each fn and median per-round ratio to the first, timed round-robin."""
+    for f in fns.values():  # warm-up (and torch.compile)
+        f()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, f in fns.items():
+            gc.collect()
+            t0 = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t0)
+    base = next(iter(fns))
+    return {name: (statistics.median(ts), statistics.median(t / b for t, b in zip(ts, times[base])))
+            for name, ts in times.items()}
+
+
+def peak_extra_mib(fn) -> float:
+    """Peak resident memory growth while running fn, in MiB (Linux ru_maxrss, measured in a fresh child)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        fn()
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        os.write(w, str((after - before) / 1024).encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    return float(os.read(r, 64).decode() or "nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    ap.add_argument("--eager", action="store_true", help="disable torch.compile of the entmax threshold")
+    args = ap.parse_args()
+    if args.eager:
+        os.environ["GAG_COMPILE"] = "0"
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {args.threads} threads, compile={'off' if args.eager else 'auto'}, "
+          f"rounds={args.rounds}")
+
+    # SDXL cross-attention: B=2 (CFG), H=10, 64×64 latent tokens, 77 text tokens, head_dim 64.
+    b, h, n, m, d = 2, 10, 4096, 77, 64
+    q, k, v = (torch.randn(b, h, length, d) for length in (n, m, m))
+    res = interleaved({
+        "dense SDPA": lambda: F.scaled_dot_product_attention(q, k, v),
+        "gag_attention": lambda: gag_core.gag_attention(q, k, v, scale=5.0),
+        "naive": lambda: naive_cross(q, k, v, 5.0),
+    }, args.rounds)
+    err = (gag_core.gag_attention(q, k, v, scale=5.0) - naive_cross(q, k, v, 5.0)).abs().max().item()
+    mem = peak_extra_mib(lambda: gag_core.gag_attention(q, k, v, scale=5.0))
+    report("SDXL cross (B=2, H=10, N=4096, M=77, D=64)", res, err, mem, target_a=3.0)
+
+    # FLUX-like joint attention scaled for CPU: 256 text + 1024 image tokens, 24 heads of 128.
+    b, h, nt, ni, d = 1, 24, 256, 1024, 128
+    q, k, v = (torch.randn(b, h, nt + ni, d) for _ in range(3))
+    text = (0, nt)
+    res = interleaved({
+        "dense SDPA": lambda: F.scaled_dot_product_attention(q, k, v),
+        "joint_gag_attention": lambda: gag_core.joint_gag_attention(q, k, v, text_range=text, scale=5.0),
+        "naive": lambda: naive_joint(q, k, v, text, 5.0),
+    }, args.rounds)
+    err = (gag_core.joint_gag_attention(q, k, v, text_range=text, scale=5.0)
+           - naive_joint(q, k, v, text, 5.0)).abs().max().item()
+    mem = peak_extra_mib(lambda: gag_core.joint_gag_attention(q, k, v, text_range=text, scale=5.0))
+    report("FLUX-like joint (B=1, H=24, 256 text + 1024 image, D=128)", res, err, mem, target_a=2.0)
+
+
+def report(title, res, err, mem, target_a):
+    names = list(res)
+    (t_d, _), (t_g, ratio_a), (t_n, ratio_n) = (res[x] for x in names)
+    ratio_b = ratio_n / ratio_a
+    print(f"\n{title}")
+    for name in names:
+        print(f"  {name:22s} {res[name][0] * 1e3:8.1f} ms")
+    print(f"  (a) gag ÷ dense   = {ratio_a:5.2f}   (target ≤ {target_a})  {'OK' if ratio_a <= target_a else 'MISS'}")
+    print(f"  (b) naive ÷ gag   = {ratio_b:5.2f}   (target ≥ 2)  {'OK' if ratio_b >= 2 else 'MISS'}")
+    print(f"  max |gag − naive| = {err:.2e};  peak extra memory of the guided call ≈ {mem:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
