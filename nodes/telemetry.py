@@ -1,7 +1,209 @@
-"""Per-step guidance statistics sent to the web chart (stub until the web issue lands)."""
+"""Per-step guidance statistics for the web chart: nothing is computed unless a client asked for that node.
+
+A page (web/gag.js) subscribes the ids of the GAG nodes whose chart it shows (`Telemetry.subscribe`, through
+nodes/web_routes.py). For those nodes only, `stats_for` hands gag_core a `GuidanceStats` that every guided
+attention call of the current sampler step adds to (all layers, cond and uncond). `end_step`, run by a sampler
+post-CFG function that `attach` installs (called once per model evaluation, after CFG), turns the step's sums
+into one websocket message per subscribed client:
+
+    {"node", "prompt_id", "step", "steps", "sigma", "calls", "tokens",
+     "rel_guidance" (mean ‖λ·c·G‖/‖O_s‖), "capped_fraction" (share of ‖G‖ > τ),
+     "parallel_energy", "orthogonal_energy" (mean ‖Δ∥‖², ‖Δ⊥‖²), "parallel_share" (‖Δ∥‖²/‖Δ‖²)}
+
+For the usual samplers (one model evaluation per step: euler, dpmpp_2m, ...) that is one message per step;
+two-evaluation samplers (heun, dpm_2) send two, tagged with the schedule step nearest their σ.
+Imports no ComfyUI module: the server side (sender, socket check, prompt id) is plugged in by web_routes.
+"""
 from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+
+from ..gag_core.stats import GuidanceStats
+
+logger = logging.getLogger("comfyui_gag")
+
+EVENT = "comfyui_gag.stats"  # websocket message type the web extension listens to
+MAX_NODES_PER_CLIENT = 256
+MAX_NODE_ID_CHARS = 128
+
+
+@dataclass
+class _StepAccumulator:
+    """The statistics of one node during one sampler step."""
+
+    sigmas: object  # transformer_options["sigmas"] of the step (identity tells passes of one step apart cheaply)
+    sigma: float | None
+    step: int | None
+    steps: int | None
+    stats: GuidanceStats = field(default_factory=GuidanceStats)
+
+
+def _first_float(t) -> float | None:
+    """max(σ) of a tensor / number, None if it has none."""
+    try:
+        if hasattr(t, "detach"):
+            return float(t.detach().float().max()) if t.numel() else None
+        return float(t)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
+def schedule_step(sigma: float | None, sample_sigmas) -> tuple[int | None, int | None]:
+    """(index of the schedule σ nearest `sigma` among the first n, n) for sample_sigmas of length n + 1."""
+    if sigma is None or sample_sigmas is None:
+        return None, None
+    try:
+        values = [float(x) for x in sample_sigmas.detach().flatten().float().cpu().tolist()]
+    except AttributeError:
+        try:
+            values = [float(x) for x in sample_sigmas]
+        except (TypeError, ValueError):
+            return None, None
+    if len(values) < 2:
+        return None, None
+    steps = len(values) - 1
+    step = min(range(steps), key=lambda i: abs(values[i] - sigma))
+    return step, steps
+
+
+def _finite(x):
+    """JSON-safe number: NaN / ±inf become None (JSON.parse would reject them)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def check_node_ids(nodes) -> frozenset[str]:
+    """Validate a list of node ids (str or int, e.g. "12" or "5:3" inside a subgraph) into a set of strings."""
+    if not isinstance(nodes, (list, tuple)):
+        raise ValueError(f"nodes must be a list of node ids, got {nodes!r}")
+    if len(nodes) > MAX_NODES_PER_CLIENT:
+        raise ValueError(f"at most {MAX_NODES_PER_CLIENT} node ids, got {len(nodes)}")
+    out = set()
+    for n in nodes:
+        if isinstance(n, bool) or not isinstance(n, (str, int)):
+            raise ValueError(f"node id must be a string or an integer, got {n!r}")
+        s = str(n)
+        if not s or len(s) > MAX_NODE_ID_CHARS or not all(ch.isalnum() or ch in ":_-" for ch in s):
+            raise ValueError(f"malformed node id {n!r}")
+        out.add(s)
+    return frozenset(out)
+
+
+class Telemetry:
+    """Who wants which node's statistics, the accumulators of the running step, and the per-step send."""
+
+    def __init__(self, sender=None, connected=None, prompt_id=None):
+        self.sender = sender  # callable(event, data, client_id); None: statistics are never requested
+        self.connected = connected  # callable(client_id) -> bool; None: every subscriber counts as connected
+        self.prompt_id = prompt_id  # callable() -> str | None
+        self._lock = threading.Lock()
+        self._clients: dict[str, frozenset[str]] = {}
+        self.wanted: frozenset[str] = frozenset()  # union over clients; read without the lock on the hot path
+        self._steps: dict[str, _StepAccumulator] = {}
+
+    # ------------------------------------------------------------------ subscriptions (server thread)
+
+    def subscribe(self, client_id: str, nodes) -> frozenset[str]:
+        """Set the node ids whose statistics `client_id` wants (an empty list unsubscribes)."""
+        if not isinstance(client_id, str) or not client_id or len(client_id) > 256:
+            raise ValueError(f"client_id must be a non-empty string, got {client_id!r}")
+        ids = check_node_ids(nodes)
+        with self._lock:
+            if ids:
+                self._clients[client_id] = ids
+            else:
+                self._clients.pop(client_id, None)
+            self._recompute()
+        return ids
+
+    def drop_client(self, client_id: str) -> None:
+        with self._lock:
+            self._clients.pop(client_id, None)
+            self._recompute()
+
+    def _recompute(self) -> None:
+        self.wanted = frozenset().union(*self._clients.values()) if self._clients else frozenset()
+        for key in [k for k in list(self._steps) if k not in self.wanted]:
+            self._steps.pop(key, None)
+
+    def clients_for(self, node_key: str) -> list[str]:
+        with self._lock:
+            return sorted(c for c, ids in self._clients.items() if node_key in ids)
+
+    # ------------------------------------------------------------------ sampling thread
+
+    def stats_for(self, node_key, transformer_options) -> GuidanceStats | None:
+        """The GuidanceStats of `node_key`'s current step, or None (no cost) when no client shows its chart."""
+        if node_key is None or self.sender is None or node_key not in self.wanted:
+            return None
+        options = transformer_options or {}
+        sigmas = options.get("sigmas")
+        acc = self._steps.get(node_key)
+        if acc is not None and acc.sigmas is sigmas:
+            return acc.stats
+        sigma = _first_float(sigmas)
+        if acc is not None and acc.sigma == sigma:  # another tensor holding the same σ: same step
+            acc.sigmas = sigmas
+            return acc.stats
+        if acc is not None:  # σ moved on without an end_step (a sampler that skips post-CFG functions)
+            self.end_step(node_key)
+        step, steps = schedule_step(sigma, options.get("sample_sigmas"))
+        acc = _StepAccumulator(sigmas, sigma, step, steps)
+        self._steps[node_key] = acc
+        return acc.stats
+
+    def end_step(self, node_key) -> dict | None:
+        """Send the finished step's summary of `node_key` (if it has one) to its subscribers; return it."""
+        acc = self._steps.pop(node_key, None) if node_key is not None else None
+        if acc is None or acc.stats.calls == 0 or self.sender is None:
+            return None
+        message = {"node": node_key, "prompt_id": self._prompt_id(), "step": acc.step, "steps": acc.steps,
+                   "sigma": _finite(acc.sigma)}
+        message.update({k: _finite(v) for k, v in acc.stats.summary().items()})
+        for client in self.clients_for(node_key):
+            if self.connected is not None and not self.connected(client):
+                self.drop_client(client)  # the page went away: stop computing for it
+                continue
+            self.sender(EVENT, message, client)
+        return message
+
+    def _prompt_id(self):
+        try:
+            return self.prompt_id() if self.prompt_id is not None else None
+        except Exception:
+            return None
+
+
+TELEMETRY = Telemetry()
 
 
 def stats_for(node_key, transformer_options):
     """Return a gag_core.GuidanceStats to fill for this call, or None when no client asked (no cost)."""
-    return None
+    return TELEMETRY.stats_for(node_key, transformer_options)
+
+
+class StepEnd:
+    """Sampler post-CFG function: after each model evaluation, send `node_key`'s step statistics."""
+
+    def __init__(self, node_key: str):
+        self.node_key = node_key
+
+    def __call__(self, args):
+        if self.node_key in TELEMETRY.wanted:
+            try:
+                TELEMETRY.end_step(self.node_key)
+            except Exception as e:  # the chart must never break a run
+                logger.warning("[GAG] guidance statistics not sent (%s: %s)", type(e).__name__, e)
+        return args["denoised"]
+
+
+def attach(model, node_key) -> None:
+    """Install the per-step send on a patched ModelPatcher (no-op without a node id or the ComfyUI method)."""
+    setter = getattr(model, "set_model_sampler_post_cfg_function", None)
+    if node_key is None or setter is None:
+        return
+    setter(StepEnd(str(node_key)))
