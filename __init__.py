@@ -15,4 +15,8 @@ if importlib.util.find_spec("comfy_api") is not None:
         NODE_CLASS_MAPPINGS[_schema.node_id] = _node
         NODE_DISPLAY_NAME_MAPPINGS[_schema.node_id] = _schema.display_name
 
+    from .nodes import web_routes
+
+    web_routes.register()  # /gag/presets and /gag/telemetry for web/, when a PromptServer is running
+
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
