@@ -1,0 +1,54 @@
+"""python -m demo end to end on a reduced prompt set: table, grid and results file."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from demo import world
+from demo.__main__ import layer_subset, main
+from demo.evaluate import initial_noise, prompt_set
+
+
+def test_demo_runs_end_to_end_on_a_reduced_set(tmp_path, capsys):
+    rc = main(["--prompts-per-task", "1", "--seeds", "1", "--steps", "2", "--out", str(tmp_path),
+               "--scale", "2,5", "--tau-mode", "abs,rel", "--tau", "15"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    for task in world.TASKS:
+        assert task in out
+    for label in ("baseline", "PLADIS s=2", "GAG λ=2 β=0 τ=15", "GAG λ=5 β=0 τ=15·‖Os‖"):
+        assert label in out
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert len(res["items"]) == len(world.TASKS) and len(res["settings"]) == 6
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.width > 6 * 96 and grid.height > 96
+
+
+def test_inversion_check_runs(capsys):
+    rc = main(["--inversion", "--inversion-images", "3", "--steps", "2", "--no-pladis"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "PSNR" in out and "sparse α=1.5" in out and "GAG λ=5" in out
+
+
+def test_bad_layer_subset_is_reported(capsys):
+    assert main(["--layers", "0+99", "--prompts-per-task", "1", "--seeds", "1"]) == 2
+    assert "99" in capsys.readouterr().err
+
+
+def test_layer_subsets_partition_the_layers():
+    n, down = 9, 4
+    parts = [layer_subset(x, n, down) for x in ("down", "mid", "up")]
+    assert set().union(*parts) == set(range(n)) and sum(len(p) for p in parts) == n
+    assert layer_subset("all", n, down) is None and layer_subset("0+8", n, down) == {0, 8}
+    with pytest.raises(ValueError, match="'x'"):
+        layer_subset("x", n, down)
+
+
+def test_prompt_set_is_fixed_and_noise_is_shared():
+    a, b = prompt_set(3, 2), prompt_set(3, 2)
+    assert a == b and len(a) == 3 * 2 * len(world.TASKS)
+    assert (initial_noise(a[:5]) == initial_noise(b[:5])).all()
+    assert not (initial_noise(a[:1]) == initial_noise(a[1:2])).all()
