@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .combine import check_scale, check_tau, gag_combine, pladis_combine
-from .entmax import check_alpha, entmax
+from .entmax import check_alpha, entmax, softmax_and_entmax
 
 METHODS = ("gag", "pladis")
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
@@ -241,13 +241,17 @@ def gag_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, method: 
     dtype = _compute_dtype(q.dtype)
     vv = v.to(dtype)
     out = torch.empty(out_shape, dtype=q.dtype, device=q.device)
-    # Working set per query row: logits, two probability rows and ~4 entmax temporaries; ~6 output rows.
-    step = _chunk_rows(n, b * h * (7 * m + 6 * dv) * torch.finfo(dtype).bits // 8, max_chunk_bytes)
+    # Working set per query row, measured (tests/test_attention.py): ~14 key-length rows (logits, both
+    # probability rows, exponentials and entmax temporaries) and ~12 head_dim rows (outputs, rule temporaries).
+    step = _chunk_rows(n, b * h * (14 * m + 12 * dv) * torch.finfo(dtype).bits // 8, max_chunk_bytes)
     for a in range(0, n, step):
         e = min(n, a + step)
         z = _logits(q[:, :, a:e], k, _mask_rows(mask4, a, e), dtype)  # (B, H, n, M)
-        o_s = entmax(z, alpha) @ vv  # (B, H, n, Dv)
-        o_d = _softmax(z) @ vv if o_d_full is None else o_d_full[:, :, a:e].to(dtype)
+        if o_d_full is None:
+            p_d, p_s = softmax_and_entmax(z, alpha)
+            o_s, o_d = p_s @ vv, p_d @ vv  # (B, H, n, Dv)
+        else:
+            o_s, o_d = entmax(z, alpha) @ vv, o_d_full[:, :, a:e].to(dtype)
         del z
         out[:, :, a:e] = _combine(o_s, o_d, method, scale, beta, tau, stats)
     return out
@@ -296,7 +300,7 @@ def joint_gag_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, te
     k_t, v_t = k[:, :, s:e].to(dtype), v[:, :, s:e].to(dtype)
     out = o_d.to(q.dtype, copy=True)
     m_t = e - s
-    row_bytes = b * h * (7 * m_t + 6 * dv + (2 * length if lse is None else 0)) * torch.finfo(dtype).bits // 8
+    row_bytes = b * h * (14 * m_t + 12 * dv + (2 * length if lse is None else 0)) * torch.finfo(dtype).bits // 8
     step = _chunk_rows(n, row_bytes, max_chunk_bytes)
     for seg_a, seg_e in ((0, s), (e, n)):  # image rows before and after the text span
         for a in range(seg_a, seg_e, step):
@@ -309,7 +313,8 @@ def joint_gag_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, te
             lse_t = torch.logsumexp(z_t, dim=-1, keepdim=True)
             # Dense text mass m of each row (0 where the row or its text block is fully masked).
             mass = torch.exp(lse_t - lse_c.unsqueeze(-1)).nan_to_num_(0.0).clamp_(max=1.0)
-            p_diff = entmax(z_t, alpha) - _softmax(z_t)
+            p_d, p_s = softmax_and_entmax(z_t, alpha)
+            p_diff = p_s - p_d
             del z_t
             o_d_c = o_d[:, :, a:c].to(dtype)
             o_s_c = o_d_c + mass * (p_diff @ v_t)

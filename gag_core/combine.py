@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from .entmax import compiled_or_eager
+
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -45,8 +47,28 @@ def _check_pair(o_sparse: torch.Tensor, o_dense: torch.Tensor) -> None:
                          f"and {tuple(o_dense.shape)}")
 
 
-def _dot(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
-    return (a * b).sum(dim=dim, keepdim=True)
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).sum(dim=-1, keepdim=True)
+
+
+def _gag_rule(o_s: torch.Tensor, o_d: torch.Tensor, scale: torch.Tensor, beta: torch.Tensor, tau: torch.Tensor):
+    """The GAG rule over the last dim with 0-d tensor parameters (tau ≤ 0: no cap); one pass per row, compilable.
+
+    Uses G = βΔ + (1 − β)Δ∥, ‖Δ∥‖² = ⟨Δ,O_s⟩²/‖O_s‖² and ‖G‖² = β²‖Δ‖² + (1 − β²)‖Δ∥‖² (Δ∥ ⟂ Δ⊥), so
+    out = O_s·(1 + λc(1 − β)·⟨Δ,O_s⟩/‖O_s‖²) + λcβ·Δ needs no explicit projection. Returns out and the
+    per-row ‖O_s‖², ‖Δ∥‖², ‖Δ‖², ‖G‖ and λc for statistics.
+    """
+    delta = o_s - o_d  # Δ
+    ns2 = _dot(o_s, o_s)  # ‖O_s‖²
+    dp = _dot(delta, o_s)  # ⟨Δ, O_s⟩
+    coef = torch.where(ns2 > 0, dp / ns2.clamp_min(torch.finfo(o_s.dtype).tiny), torch.zeros_like(dp))
+    par_sq = coef * dp
+    delta_sq = _dot(delta, delta)
+    g_norm = (beta * beta * delta_sq + (1.0 - beta * beta) * par_sq).clamp_min(0).sqrt()
+    c = torch.where(tau > 0, tau / torch.maximum(g_norm, tau), torch.ones_like(g_norm))  # min(1, τ/‖G‖)
+    lc = scale * c
+    out = o_s * (1.0 + lc * (1.0 - beta) * coef) + (lc * beta) * delta
+    return out, ns2, par_sq, delta_sq, g_norm, lc
 
 
 def gag_combine(o_sparse: torch.Tensor, o_dense: torch.Tensor, *, scale: float, beta: float = 0.0,
@@ -55,36 +77,15 @@ def gag_combine(o_sparse: torch.Tensor, o_dense: torch.Tensor, *, scale: float, 
     _check_pair(o_sparse, o_dense)
     scale, beta, tau = check_scale(scale), check_scale(beta, "beta"), check_tau(tau)
     out_dtype = o_sparse.dtype
-    o_s = o_sparse.float() if out_dtype in _HALF else o_sparse
-    o_d = o_dense.to(o_s.dtype)
-    tiny = torch.finfo(o_s.dtype).tiny
-    delta = o_s - o_d  # Δ
-    ns2 = _dot(o_s, o_s, dim)  # ‖O_s‖²
-    dp = _dot(delta, o_s, dim)  # ⟨Δ, O_s⟩
-    coef = torch.where(ns2 > 0, dp / ns2.clamp_min(tiny), torch.zeros_like(dp))  # Δ∥ = coef·O_s
-    par_sq = coef * dp  # ‖Δ∥‖² = ⟨Δ,O_s⟩²/‖O_s‖²
-    if beta != 0.0 or stats is not None:
-        delta_sq = _dot(delta, delta, dim)
-    if beta != 0.0:
-        # ‖G‖² = β²‖Δ‖² + (1 − β²)‖Δ∥‖²  (Δ∥ ⟂ Δ⊥)
-        g_sq = (beta * beta) * delta_sq + (1.0 - beta * beta) * par_sq
-    else:
-        g_sq = par_sq
-    g_norm = g_sq.clamp_min(0).sqrt()
-    if tau is None:
-        c = torch.ones_like(g_norm)
-    else:
-        c = tau / torch.maximum(g_norm, torch.full_like(g_norm, tau))  # min(1, τ/‖G‖), 1 when G = 0
-    lc = scale * c
-    # out = O_s + λc(βΔ + (1 − β)·coef·O_s)
-    out = o_s * (1.0 + lc * (1.0 - beta) * coef)
-    if beta != 0.0:
-        out = out + (lc * beta) * delta
+    o_s = (o_sparse.float() if out_dtype in _HALF else o_sparse).movedim(dim, -1)
+    o_d = o_dense.to(o_s.dtype).movedim(dim, -1)
+    params = [torch.tensor(x, dtype=o_s.dtype, device=o_s.device) for x in (scale, beta, tau or 0.0)]
+    out, ns2, par_sq, delta_sq, g_norm, lc = compiled_or_eager(_gag_rule, o_s, o_d, *params, size_hint=o_s)
     if stats is not None:
         stats.add(o_sparse_norm=ns2.sqrt(), update_norm=lc.abs() * g_norm,
                   capped=(g_norm > tau) if tau is not None else torch.zeros_like(g_norm, dtype=torch.bool),
                   delta_par_sq=par_sq, delta_perp_sq=(delta_sq - par_sq).clamp_min(0))
-    return out.to(out_dtype)
+    return out.movedim(-1, dim).to(out_dtype)
 
 
 def pladis_combine(o_sparse: torch.Tensor, o_dense: torch.Tensor, *, scale: float) -> torch.Tensor:

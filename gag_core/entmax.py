@@ -182,18 +182,31 @@ def _use_compile(z: torch.Tensor) -> bool:
     return z.device.type == "cpu" and z.numel() >= _COMPILE_MIN_NUMEL
 
 
-def _fast_probs(fn, z: torch.Tensor, iters: int):
-    """fn(z, iters), through torch.compile when enabled; eager if compiling fails (warned once)."""
-    if _use_compile(z):
+def compiled_or_eager(fn, *args, size_hint: torch.Tensor):
+    """fn(*args) through torch.compile when enabled for `size_hint`; eager if compiling fails (warned once)."""
+    if _use_compile(size_hint):
         compiled = _COMPILED.get(fn)
         if compiled is None:
             compiled = _COMPILED[fn] = torch.compile(fn, dynamic=True)
         try:
-            return compiled(z, iters)
+            return compiled(*args)
         except Exception as exc:  # no C++ compiler, unsupported platform, ...
             _COMPILED["broken"] = True
-            warnings.warn(f"gag_core: torch.compile unavailable ({type(exc).__name__}: {exc}); using eager entmax")
-    return fn(z, iters)
+            warnings.warn(f"gag_core: torch.compile unavailable ({type(exc).__name__}: {exc}); running eagerly")
+    return fn(*args)
+
+
+def _fast_probs(fn, z: torch.Tensor, iters: int):
+    return compiled_or_eager(fn, z, iters, size_hint=z)
+
+
+def softmax_and_entmax(z: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax(z), α-entmax(z)) over the last dim from the same logits.
+
+    Two separate kernels on purpose: fusing both into one compiled function measured ~2× slower on CPU
+    than torch.softmax plus the compiled entmax alone.
+    """
+    return entmax(z, 1.0), entmax(z, alpha)
 
 
 def _entmax_forward(z: torch.Tensor, alpha: float) -> torch.Tensor:
