@@ -14,6 +14,7 @@ import gc
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -70,20 +71,38 @@ def interleaved(fns: dict, rounds: int) -> dict:
             for name, ts in times.items()}
 
 
-def peak_extra_mib(fn) -> float:
-    """Peak resident memory growth while running fn, in MiB (Linux ru_maxrss, measured in a fresh child)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        fn()
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        os.write(w, str((after - before) / 1024).encode())
-        os._exit(0)
-    os.close(w)
-    os.waitpid(pid, 0)
-    return float(os.read(r, 64).decode() or "nan")
+def shapes():
+    """The two benchmark cases: (title, inputs, guided call, naive call, target for ratio (a))."""
+    g = torch.Generator().manual_seed(0)
+    # SDXL cross-attention: B=2 (CFG), H=10, 64×64 latent tokens, 77 text tokens, head_dim 64.
+    b, h, n, m, d = 2, 10, 4096, 77, 64
+    q, k, v = (torch.randn(b, h, length, d, generator=g) for length in (n, m, m))
+    yield ("SDXL cross (B=2, H=10, N=4096, M=77, D=64)", (q, k, v),
+           lambda: gag_core.gag_attention(q, k, v, scale=5.0), lambda: naive_cross(q, k, v, 5.0), 3.0)
+    # FLUX-like joint attention scaled for CPU: 256 text + 1024 image tokens, 24 heads of 128.
+    b, h, nt, ni, d = 1, 24, 256, 1024, 128
+    qj, kj, vj = (torch.randn(b, h, nt + ni, d, generator=g) for _ in range(3))
+    text = (0, nt)
+    yield ("FLUX-like joint (B=1, H=24, 256 text + 1024 image, D=128)", (qj, kj, vj),
+           lambda: gag_core.joint_gag_attention(qj, kj, vj, text_range=text, scale=5.0),
+           lambda: naive_joint(qj, kj, vj, text, 5.0), 2.0)
+
+
+def peak_extra_mib(case: int, threads: int) -> float:
+    """Peak resident-memory growth (MiB) of one guided call beyond its inputs and output, in a fresh process."""
+    res = subprocess.run([sys.executable, __file__, "--memory-case", str(case), "--threads", str(threads)],
+                         capture_output=True, text=True, env=os.environ.copy())
+    return float(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else float("nan")
+
+
+def _memory_case(case: int) -> None:
+    title, (q, k, v), guided, _, _ = list(shapes())[case]
+    out = torch.empty(q.shape[:3] + v.shape[3:])  # the output's own pages are not "extra"
+    out.fill_(0)
+    del out
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    guided()
+    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
 
 
 def main() -> None:
@@ -91,39 +110,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--eager", action="store_true", help="disable torch.compile of the entmax threshold")
+    ap.add_argument("--memory-case", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.eager:
         os.environ["GAG_COMPILE"] = "0"
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {args.threads} threads, compile={'off' if args.eager else 'auto'}, "
-          f"rounds={args.rounds}")
-
-    # SDXL cross-attention: B=2 (CFG), H=10, 64×64 latent tokens, 77 text tokens, head_dim 64.
-    b, h, n, m, d = 2, 10, 4096, 77, 64
-    q, k, v = (torch.randn(b, h, length, d) for length in (n, m, m))
-    res = interleaved({
-        "dense SDPA": lambda: F.scaled_dot_product_attention(q, k, v),
-        "gag_attention": lambda: gag_core.gag_attention(q, k, v, scale=5.0),
-        "naive": lambda: naive_cross(q, k, v, 5.0),
-    }, args.rounds)
-    err = (gag_core.gag_attention(q, k, v, scale=5.0) - naive_cross(q, k, v, 5.0)).abs().max().item()
-    mem = peak_extra_mib(lambda: gag_core.gag_attention(q, k, v, scale=5.0))
-    report("SDXL cross (B=2, H=10, N=4096, M=77, D=64)", res, err, mem, target_a=3.0)
-
-    # FLUX-like joint attention scaled for CPU: 256 text + 1024 image tokens, 24 heads of 128.
-    b, h, nt, ni, d = 1, 24, 256, 1024, 128
-    q, k, v = (torch.randn(b, h, nt + ni, d) for _ in range(3))
-    text = (0, nt)
-    res = interleaved({
-        "dense SDPA": lambda: F.scaled_dot_product_attention(q, k, v),
-        "joint_gag_attention": lambda: gag_core.joint_gag_attention(q, k, v, text_range=text, scale=5.0),
-        "naive": lambda: naive_joint(q, k, v, text, 5.0),
-    }, args.rounds)
-    err = (gag_core.joint_gag_attention(q, k, v, text_range=text, scale=5.0)
-           - naive_joint(q, k, v, text, 5.0)).abs().max().item()
-    mem = peak_extra_mib(lambda: gag_core.joint_gag_attention(q, k, v, text_range=text, scale=5.0))
-    report("FLUX-like joint (B=1, H=24, 256 text + 1024 image, D=128)", res, err, mem, target_a=2.0)
+    if args.memory_case is not None:
+        return _memory_case(args.memory_case)
+    print(f"torch {torch.__version__}, {args.threads} threads, compile={os.environ.get('GAG_COMPILE', 'auto')}, "
+          f"rounds={args.rounds}", flush=True)
+    for i, (title, (q, k, v), guided, naive, target) in enumerate(shapes()):
+        res = interleaved({"dense SDPA": lambda: F.scaled_dot_product_attention(q, k, v),
+                           "guided (gag_core)": guided, "naive reference": naive}, args.rounds)
+        err = (guided() - naive()).abs().max().item()
+        report(title, res, err, peak_extra_mib(i, args.threads), target)
 
 
 def report(title, res, err, mem, target_a):
@@ -135,7 +135,8 @@ def report(title, res, err, mem, target_a):
         print(f"  {name:22s} {res[name][0] * 1e3:8.1f} ms")
     print(f"  (a) gag ÷ dense   = {ratio_a:5.2f}   (target ≤ {target_a})  {'OK' if ratio_a <= target_a else 'MISS'}")
     print(f"  (b) naive ÷ gag   = {ratio_b:5.2f}   (target ≥ 2)  {'OK' if ratio_b >= 2 else 'MISS'}")
-    print(f"  max |gag − naive| = {err:.2e};  peak extra memory of the guided call ≈ {mem:.0f} MiB")
+    print(f"  max |gag − naive| = {err:.2e};  peak extra memory of the guided call ≈ {mem:.0f} MiB",
+          flush=True)
 
 
 if __name__ == "__main__":
