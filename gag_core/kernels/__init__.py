@@ -16,17 +16,21 @@ from __future__ import annotations
 import math
 import os
 import sys
+import warnings
 
 import torch
 
 DISABLE_ENV = "GAG_DISABLE_TRITON"
 INTERPRET_ENV = "GAG_TRITON_INTERPRET"
 MAX_KEYS = 1024
-HEAD_DIMS = (16, 32, 64, 128, 256)
+MAX_HEAD_DIM = 256
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_TRITON = (3, 0)
 
+MAX_NEWTON_ITER = 30
+
 _loaded: dict = {}
+_failed: set = set()  # launch configurations that raised once; they fall back from then on
 
 
 def _load():
@@ -109,9 +113,9 @@ def _qkv_reason(q, k, v) -> str | None:
     b, h, n, d = q.shape
     if k.shape[:2] != (b, h) or v.shape[:2] != (b, h) or k.shape[3] != d or v.shape[2] != k.shape[2]:
         return f"shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match"
-    if d not in HEAD_DIMS or v.shape[3] not in HEAD_DIMS:
-        return f"head_dim {d}/{v.shape[3]} is not one of {HEAD_DIMS}"
-    if n == 0 or k.shape[2] == 0:
+    if d > MAX_HEAD_DIM or v.shape[3] > MAX_HEAD_DIM:
+        return f"head_dim {d}/{v.shape[3]} > {MAX_HEAD_DIM}"
+    if 0 in (n, k.shape[2], d, v.shape[3]):
         return "empty sequence"
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return "inputs require grad (the kernel has no backward)"
@@ -200,12 +204,13 @@ def unsupported_reason_joint(q, k, v, *, text_range, lse, o_dense, method, scale
 # ----------------------------------------------------------------------------------------------- launch
 
 def _config(m_keys: int, qk_d: int, v_d: int) -> dict:
-    """Tile sizes: all keys in one (BLOCK_N, BLOCK_M) register tile, ~32 logits per thread."""
+    """Tile sizes: all keys of BLOCK_N rows in registers (~32 logits a thread), k/v staged ≤ 16K elements."""
     block_m = max(16, _next_pow2(m_keys))
     block_n = max(16, min(64, 4096 // block_m))
-    block_d = min(qk_d, v_d, 64 if block_m <= 512 else 32)
+    block_d = max(16, min(_next_pow2(max(qk_d, v_d)), 64, 16384 // block_m))
     num_warps = max(4, min(16, block_n * block_m // 1024))
-    return {"BLOCK_N": block_n, "BLOCK_M": block_m, "BLOCK_D": block_d, "num_warps": num_warps}
+    block_mc = min(block_m, 128)
+    return {"BLOCK_N": block_n, "BLOCK_M": block_m, "BLOCK_MC": block_mc, "BLOCK_D": block_d, "num_warps": num_warps}
 
 
 def _next_pow2(x: int) -> int:
@@ -225,7 +230,7 @@ def _mask_args(mask, shape, col0: int, col1: int, device):
 
 def _launch(*, q, k, v, out, o_dense, lse, mask_kind, mask_t, mask_strides, mode, method, scale, beta, tau,
             alpha, seg0_end, seg1_start, n_rows, config=None):
-    """Launch the fused kernel over the row segments [0, seg0_end) and [seg1_start, n_rows)."""
+    """Launch the fused kernel over the row segments [0, seg0_end) and [seg1_start, n_rows); None if it fails."""
     module = _load()
     b, h, _, qk_d = q.shape
     m_keys, v_d = k.shape[2], v.shape[3]
@@ -233,29 +238,39 @@ def _launch(*, q, k, v, out, o_dense, lse, mask_kind, mask_t, mask_strides, mode
     block_n = cfg["BLOCK_N"]
     nb0 = _cdiv(seg0_end, block_n)
     grid = (nb0 + _cdiv(n_rows - seg1_start, block_n), b * h)
-    dummy = out
-    od = o_dense if o_dense is not None else dummy
+    od = o_dense if o_dense is not None else out  # unused placeholders keep the signature fixed
     od_strides = o_dense.stride() if o_dense is not None else (0, 0, 0, 0)
-    ls = lse if lse is not None else dummy
+    ls = lse if lse is not None else out
     ls_strides = lse.stride() if lse is not None else (0, 0, 0)
     alpha_kind = {1.5: module.ALPHA_15, 2.0: module.ALPHA_2}.get(float(alpha), module.ALPHA_GENERAL)
     cap = tau is not None and tau > 0 and math.isfinite(tau)
-    interp = interpreting()
-    dot_f32 = q.dtype == torch.float32 or (interp and q.dtype == torch.bfloat16)
+    # The interpreter's bfloat16 dot is wrong (raw bits in numpy): it gets float32 operands instead.
+    dot_f32 = q.dtype == torch.float32 or (interpreting() and q.dtype == torch.bfloat16)
     args = (q, k, v, od, ls, mask_t, out, *q.stride(), *k.stride(), *v.stride(), *od_strides, *ls_strides,
             *mask_strides, *out.stride(), h, m_keys, seg0_end, seg1_start, n_rows, nb0,
             qk_d ** -0.5, float(scale), float(beta), float(tau) if cap else 0.0, float(alpha))
-    kwargs = dict(
-        BLOCK_N=block_n, BLOCK_M=cfg["BLOCK_M"], QK_D=qk_d, V_D=v_d, BLOCK_D=cfg["BLOCK_D"], MODE=mode,
-        METHOD=module.METHOD_GAG if method == "gag" else module.METHOD_PLADIS, ALPHA_KIND=alpha_kind,
-        MASK_KIND=mask_kind, CAP=cap, MAX_ITER=30, TOL=1e-4 if alpha_kind != module.ALPHA_GENERAL else 1e-5,
-        DOT_F32=dot_f32, DOT_PRECISION="ieee", num_warps=cfg["num_warps"],
+    constants = dict(
+        BLOCK_N=block_n, KT=cfg["BLOCK_M"] // cfg["BLOCK_MC"], BLOCK_MC=cfg["BLOCK_MC"], QK_D=qk_d, V_D=v_d,
+        BLOCK_D=cfg["BLOCK_D"], MODE=mode, METHOD=module.METHOD_GAG if method == "gag" else module.METHOD_PLADIS,
+        ALPHA_KIND=alpha_kind, MASK_KIND=mask_kind, CAP=cap, MAX_ITER=MAX_NEWTON_ITER,
+        TOL=1e-4 if alpha_kind != module.ALPHA_GENERAL else 1e-5, DOT_F32=dot_f32, DOT_PRECISION="ieee",
     )
-    if q.is_cuda:
-        with torch.cuda.device(q.device):
-            module.gag_fused_kernel[grid](*args, **kwargs)
-    else:
-        module.gag_fused_kernel[grid](*args, **kwargs)
+    key = (q.device.type, q.dtype, tuple(sorted(constants.items())))
+    if key in _failed:
+        return None
+    try:
+        if q.is_cuda:
+            with torch.cuda.device(q.device):
+                module.gag_fused_kernel[grid](*args, **constants, num_warps=cfg["num_warps"],
+                                              num_stages=cfg.get("num_stages", 1))
+        else:
+            module.gag_fused_kernel[grid](*args, **constants, num_warps=cfg["num_warps"],
+                                          num_stages=cfg.get("num_stages", 1))
+    except Exception as exc:  # a Triton/driver combination that cannot build or run it: use PyTorch instead
+        _failed.add(key)
+        warnings.warn(f"gag_core.kernels: the fused Triton kernel failed ({type(exc).__name__}: {exc}); "
+                      f"falling back to the PyTorch path for this configuration", RuntimeWarning, stacklevel=3)
+        return None
     return out
 
 

@@ -1,7 +1,9 @@
 """One fused Triton kernel for the sparse branch and the GAG / PLADIS rule (imported only when Triton is wanted).
 
-One program takes BLOCK_N query rows of one (batch, head) against ALL keys of the block it guides (≤ 1024):
-  z = q·kᵀ/√d (+ mask)                                   held in registers, # (BLOCK_N, BLOCK_M)
+One program takes BLOCK_N query rows of one (batch, head) against ALL keys of the block it guides (≤ 1024),
+held in registers as KT key chunks of BLOCK_MC keys, # (KT, BLOCK_N, BLOCK_MC), so every product is a batched
+dot that spreads the keys over the warps:
+  z = q·kᵀ/√d (+ mask)
   E = α-entmax(z): Newton on f(τ) = Σ[(α−1)z − τ]_+^{1/(α−1)} − 1 from a lower bound (f convex, so τ rises
       monotonically), then the exact closed form on the found support for α = 1.5 and 2, then Σ E = 1.
   cross (MODE 0): P_d = softmax(z);  O_s = E·v,  Δ = (E − P_d)·v
@@ -12,8 +14,8 @@ GAG is linear in (O_s, Δ) once three per-row dot products are known:
   a = ⟨Δ,O_s⟩/‖O_s‖²,  ‖G‖² = ‖Δ∥‖² + β²‖Δ⊥‖²,  c = min(1, τ/‖G‖),
   out = O_s + λc·G = (1 + λc(1−β)a)·O_s + λcβ·Δ,
 so pass A accumulates the dot products over head_dim chunks and pass B writes out (PLADIS needs pass B only:
-out = O_d + s·Δ). The head_dim is walked in BLOCK_D chunks so only a (BLOCK_M, BLOCK_D) slice of k or v is
-ever staged, whatever the key count.
+out = O_d + s·Δ = O_s + (s − 1)·Δ). The head_dim is walked in BLOCK_D chunks so only a (keys, BLOCK_D) slice
+of k or v is staged at a time.
 """
 from __future__ import annotations
 
@@ -24,6 +26,61 @@ MODE_CROSS, MODE_CROSS_DENSE_GIVEN, MODE_JOINT = 0, 1, 2
 METHOD_GAG, METHOD_PLADIS = 0, 1
 ALPHA_GENERAL, ALPHA_15, ALPHA_2 = 0, 1, 2
 MASK_NONE, MASK_BOOL, MASK_ADD = 0, 1, 2
+
+
+@triton.jit
+def _row_sum(x):
+    """Σ over key chunks and keys.  # (KT, BLOCK_N, BLOCK_MC) → (BLOCK_N,)"""
+    return tl.sum(tl.sum(x, 2), 0)
+
+
+@triton.jit
+def _row_max(x):
+    """max over key chunks and keys.  # (KT, BLOCK_N, BLOCK_MC) → (BLOCK_N,)"""
+    return tl.max(tl.max(x, 2), 0)
+
+
+@triton.jit
+def _newton_terms(zs, tau, am1, r, ALPHA_KIND: tl.constexpr):
+    """f(τ) = Σ(X − τ)_+^r − 1 and f′(τ) up to sign, X = (α−1)·zs, per row."""
+    d = tl.maximum(zs * am1 - tau[None, :, None], 0.0)
+    if ALPHA_KIND == 1:
+        f = _row_sum(d * d) - 1.0
+        fp = 2.0 * _row_sum(d)
+    elif ALPHA_KIND == 2:
+        f = _row_sum(d) - 1.0
+        fp = _row_sum((d > 0).to(tl.float32))
+    else:
+        d_r1 = tl.where(d > 0, tl.exp2((r - 1.0) * tl.log2(tl.where(d > 0, d, 1.0))), 0.0)
+        f = _row_sum(d_r1 * d) - 1.0
+        fp = r * _row_sum(d_r1)
+    return f, fp
+
+
+@triton.jit
+def _load_v(v_base, sv_m, sv_d, d0, M, V_D: tl.constexpr, KT: tl.constexpr, BLOCK_MC: tl.constexpr,
+            BLOCK_D: tl.constexpr, DOT_F32: tl.constexpr):
+    """v[keys, d0:d0+BLOCK_D] as KT key chunks, zero past the last key or column.  # (KT, BLOCK_MC, BLOCK_D)"""
+    keys = tl.arange(0, KT)[:, None, None] * BLOCK_MC + tl.arange(0, BLOCK_MC)[None, :, None]
+    cols = (d0 + tl.arange(0, BLOCK_D))[None, None, :]
+    vc = tl.load(v_base + keys * sv_m + cols * sv_d, mask=(keys < M) & (cols < V_D), other=0.0)
+    if DOT_F32:
+        vc = vc.to(tl.float32)
+    return vc
+
+
+@triton.jit
+def _pv(p, vc, DOT_PRECISION: tl.constexpr):
+    """Σ_keys p·v for one head_dim chunk.  # (KT, BLOCK_N, BLOCK_MC) × (KT, BLOCK_MC, BLOCK_D) → (BLOCK_N, BLOCK_D)"""
+    return tl.sum(tl.dot(p.to(vc.dtype), vc, input_precision=DOT_PRECISION), 0)
+
+
+@triton.jit
+def _load_rows(base, rows, row_ok, s_n, s_d, d0, V_D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """base[rows, d0:d0+BLOCK_D] in float32.  # (BLOCK_N, BLOCK_D)"""
+    cols = d0 + tl.arange(0, BLOCK_D)
+    ok = row_ok[:, None] & (cols < V_D)[None, :]
+    return tl.load(base + rows[:, None] * s_n + cols[None, :] * s_d, mask=ok, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -38,10 +95,10 @@ def gag_fused_kernel(
     so_b, so_h, so_n, so_d,
     H, M, SEG0_END, SEG1_START, N_ROWS, NB0,
     sm_scale, guidance, beta, tau_cap, alpha,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, QK_D: tl.constexpr, V_D: tl.constexpr, BLOCK_D: tl.constexpr,
-    MODE: tl.constexpr, METHOD: tl.constexpr, ALPHA_KIND: tl.constexpr, MASK_KIND: tl.constexpr,
-    CAP: tl.constexpr, MAX_ITER: tl.constexpr, TOL: tl.constexpr, DOT_F32: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, KT: tl.constexpr, BLOCK_MC: tl.constexpr, QK_D: tl.constexpr, V_D: tl.constexpr,
+    BLOCK_D: tl.constexpr, MODE: tl.constexpr, METHOD: tl.constexpr, ALPHA_KIND: tl.constexpr,
+    MASK_KIND: tl.constexpr, CAP: tl.constexpr, MAX_ITER: tl.constexpr, TOL: tl.constexpr,
+    DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """out rows = rule(O_s, O_d) for BLOCK_N query rows of one (batch, head); see the module docstring."""
     pid = tl.program_id(0)
@@ -54,8 +111,8 @@ def gag_fused_kernel(
     row_end = tl.where(in_first, SEG0_END, N_ROWS)
     rows = row0 + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     row_ok = rows < row_end
-    cols = tl.arange(0, BLOCK_M)  # (BLOCK_M,)
-    col_ok = cols < M
+    keys = tl.arange(0, KT)[:, None, None] * BLOCK_MC + tl.arange(0, BLOCK_MC)[None, None, :]  # (KT, 1, BLOCK_MC)
+    key_ok = keys < M
     dd = tl.arange(0, BLOCK_D)
 
     q_base = Q + b * sq_b + h * sq_h
@@ -64,118 +121,105 @@ def gag_fused_kernel(
     od_base = OD + b * sod_b + h * sod_h
     o_base = OUT + b * so_b + h * so_h
 
-    # ---- logits z = q·kᵀ/√d over head_dim chunks  # (BLOCK_N, BLOCK_M)
-    z = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for d0 in tl.static_range(0, QK_D, BLOCK_D):
-        qc = tl.load(q_base + rows[:, None] * sq_n + (d0 + dd)[None, :] * sq_d, mask=row_ok[:, None], other=0.0)
-        kc = tl.load(k_base + cols[:, None] * sk_m + (d0 + dd)[None, :] * sk_d, mask=col_ok[:, None], other=0.0)
+    # ---- logits z = q·kᵀ/√d over head_dim chunks  # (KT, BLOCK_N, BLOCK_MC)
+    z = tl.zeros((KT, BLOCK_N, BLOCK_MC), dtype=tl.float32)
+    for d0 in range(0, QK_D, BLOCK_D):
+        d_ok = (d0 + dd) < QK_D
+        qc = tl.load(q_base + rows[:, None] * sq_n + (d0 + dd)[None, :] * sq_d, mask=row_ok[:, None] & d_ok[None, :],
+                     other=0.0)
+        qc = tl.broadcast_to(qc[None, :, :], (KT, BLOCK_N, BLOCK_D))
+        kt = tl.load(k_base + keys * sk_m + (d0 + dd)[None, :, None] * sk_d, mask=key_ok & d_ok[None, :, None],
+                     other=0.0)
         if DOT_F32:
             qc = qc.to(tl.float32)
-            kc = kc.to(tl.float32)
-        z += tl.dot(qc, tl.trans(kc), input_precision=DOT_PRECISION)
+            kt = kt.to(tl.float32)
+        z = tl.dot(qc, kt, z, input_precision=DOT_PRECISION)  # kt = k[keys, d0:d0+BLOCK_D]ᵀ per chunk
     z = z * sm_scale
     if MASK_KIND == 1:
-        mk = tl.load(MASK + b * smk_b + h * smk_h + rows[:, None] * smk_n + cols[None, :] * smk_m,
-                     mask=row_ok[:, None] & col_ok[None, :], other=0)
+        mk = tl.load(MASK + b * smk_b + h * smk_h + rows[None, :, None] * smk_n + keys * smk_m,
+                     mask=row_ok[None, :, None] & key_ok, other=0)
         z = tl.where(mk != 0, z, float("-inf"))
     if MASK_KIND == 2:
-        mk = tl.load(MASK + b * smk_b + h * smk_h + rows[:, None] * smk_n + cols[None, :] * smk_m,
-                     mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        mk = tl.load(MASK + b * smk_b + h * smk_h + rows[None, :, None] * smk_n + keys * smk_m,
+                     mask=row_ok[None, :, None] & key_ok, other=0.0)
         z = z + mk.to(tl.float32)
-    z = tl.where(col_ok[None, :], z, float("-inf"))
-    row_max = tl.max(z, 1)
+    z = tl.where(key_ok, z, float("-inf"))
+    row_max = _row_max(z)
     has_key = row_max > float("-inf")  # False on fully masked rows: they get E = P_d = 0
     row_max = tl.where(has_key, row_max, 0.0)
     # Only this tile stays live until E is known: max 0 on live rows, −inf on masked keys.
-    zs = z - row_max[:, None]  # (BLOCK_N, BLOCK_M)
+    zs = z - row_max[None, :, None]
 
     # ---- dense statistics per row
     if MODE == 0:
-        l_sum = tl.sum(tl.exp(zs), 1)
+        l_sum = _row_sum(tl.exp(zs))
         inv_l = 1.0 / tl.where(l_sum > 0, l_sum, 1.0)  # P_d = exp(zs)/l
     if MODE == 2:
         lse = tl.load(LSE + b * sl_b + h * sl_h + rows * sl_n, mask=row_ok, other=0.0).to(tl.float32)
         shift = tl.where(lse > float("-inf"), row_max - lse, float("-inf"))  # P_d = exp(zs + shift)
-        mass = tl.minimum(tl.sum(tl.exp(zs + shift[:, None]), 1), 1.0)  # dense text mass m of each image row
+        mass = tl.minimum(_row_sum(tl.exp(zs + shift[None, :, None])), 1.0)  # dense text mass m of each row
 
     # ---- α-entmax threshold τ on X = (α−1)·zs: Newton on f(τ) = Σ(X − τ)_+^r − 1, r = 1/(α−1)
     am1 = alpha - 1.0
     r = 1.0 / am1
     live = zs > float("-inf")
-    n_safe = tl.maximum(tl.sum(live.to(tl.float32), 1), 1.0)
-    x_mean = am1 * tl.sum(tl.where(live, zs, 0.0), 1) / n_safe
+    n_safe = tl.maximum(_row_sum(live.to(tl.float32)), 1.0)
+    x_mean = am1 * _row_sum(tl.where(live, zs, 0.0)) / n_safe
     # τ* ≥ max X − 1 = −1 (p_max ≤ 1) and τ* ≥ mean X − n^{1−α} (power means): f ≥ 0 at the start, f is
     # convex and decreasing, so Newton rises monotonically towards τ*.
     tau = tl.maximum(x_mean - tl.exp2(-am1 * tl.log2(n_safe)), -1.0)
     err = tl.max(tau, 0) * 0.0 + 2.0 * TOL  # enter the loop
     it = 0
     while (err > TOL) & (it < MAX_ITER):
-        d_it = tl.maximum(zs * am1 - tau[:, None], 0.0)
-        if ALPHA_KIND == 1:
-            f = tl.sum(d_it * d_it, 1) - 1.0
-            fp = 2.0 * tl.sum(d_it, 1)
-        elif ALPHA_KIND == 2:
-            f = tl.sum(d_it, 1) - 1.0
-            fp = tl.sum((d_it > 0).to(tl.float32), 1)
-        else:
-            d_r1 = tl.where(d_it > 0, tl.exp2((r - 1.0) * tl.log2(tl.where(d_it > 0, d_it, 1.0))), 0.0)
-            f = tl.sum(d_r1 * d_it, 1) - 1.0
-            fp = r * tl.sum(d_r1, 1)
+        f, fp = _newton_terms(zs, tau, am1, r, ALPHA_KIND)
         f = tl.where(has_key, f, 0.0)
         tau = tau + f / tl.where(fp > 0, fp, 1.0)
         err = tl.max(tl.abs(f), 0)
         it += 1
     # Exact finish on the support S = {X > τ}: Σ_S (X − τ)² = 1 (α = 1.5) or Σ_S (X − τ) = 1 (α = 2).
     if ALPHA_KIND != 0:
-        supp = zs * am1 > tau[:, None]
-        k_s = tl.sum(supp.to(tl.float32), 1)
+        supp = zs * am1 > tau[None, :, None]
+        k_s = _row_sum(supp.to(tl.float32))
         k_safe = tl.maximum(k_s, 1.0)
-        mean_s = am1 * tl.sum(tl.where(supp, zs, 0.0), 1) / k_safe
+        mean_s = am1 * _row_sum(tl.where(supp, zs, 0.0)) / k_safe
         if ALPHA_KIND == 1:
-            xc = tl.where(supp, zs * am1 - mean_s[:, None], 0.0)
-            tau_x = mean_s - tl.sqrt(tl.maximum((1.0 - tl.sum(xc * xc, 1)) / k_safe, 0.0))
+            xc = tl.where(supp, zs * am1 - mean_s[None, :, None], 0.0)
+            tau_x = mean_s - tl.sqrt(tl.maximum((1.0 - _row_sum(xc * xc)) / k_safe, 0.0))
         else:
             tau_x = mean_s - 1.0 / k_safe
         tau = tl.where(k_s > 0, tau_x, tau)
-    d_fin = tl.maximum(zs * am1 - tau[:, None], 0.0)
+    d_fin = tl.maximum(zs * am1 - tau[None, :, None], 0.0)
     if ALPHA_KIND == 1:
         ent = d_fin * d_fin
     elif ALPHA_KIND == 2:
         ent = d_fin
     else:
         ent = tl.where(d_fin > 0, tl.exp2(r * tl.log2(tl.where(d_fin > 0, d_fin, 1.0))), 0.0)
-    e_sum = tl.sum(ent, 1)
-    ent = ent / tl.where(e_sum > 0, e_sum, 1.0)[:, None]  # E  # (BLOCK_N, BLOCK_M)
+    e_sum = _row_sum(ent)
+    ent = ent / tl.where(e_sum > 0, e_sum, 1.0)[None, :, None]  # E
 
     # ---- the probability rows whose products with v give Δ (zs dies here)
     if MODE == 0:
-        p_delta = ent - tl.exp(zs) * inv_l[:, None]  # Δ = (E − P_d)·v
+        p_delta = ent - tl.exp(zs) * inv_l[None, :, None]  # Δ = (E − P_d)·v
     if MODE == 2:
-        p_delta = mass[:, None] * ent - tl.exp(zs + shift[:, None])  # Δ = (m·E − P_d)·v_text
+        p_delta = mass[None, :, None] * ent - tl.exp(zs + shift[None, :, None])  # Δ = (m·E − P_d)·v_text
 
     if METHOD == 0:
         # ---- pass A: ‖O_s‖², ⟨Δ, O_s⟩, ‖Δ‖² over head_dim chunks
         ss = tl.zeros((BLOCK_N,), dtype=tl.float32)
         ds = tl.zeros((BLOCK_N,), dtype=tl.float32)
         dd2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for d0 in tl.static_range(0, V_D, BLOCK_D):
-            vc = tl.load(v_base + cols[:, None] * sv_m + (d0 + dd)[None, :] * sv_d, mask=col_ok[:, None],
-                         other=0.0)
-            if DOT_F32:
-                vc = vc.to(tl.float32)
+        for d0 in range(0, V_D, BLOCK_D):
+            vc = _load_v(v_base, sv_m, sv_d, d0, M, V_D, KT, BLOCK_MC, BLOCK_D, DOT_F32)
             if MODE == 2:
-                delta = tl.dot(p_delta.to(vc.dtype), vc, input_precision=DOT_PRECISION)
-                o_d = tl.load(od_base + rows[:, None] * sod_n + (d0 + dd)[None, :] * sod_d, mask=row_ok[:, None],
-                              other=0.0).to(tl.float32)
-                o_s = o_d + delta
+                delta = _pv(p_delta, vc, DOT_PRECISION)
+                o_s = _load_rows(od_base, rows, row_ok, sod_n, sod_d, d0, V_D, BLOCK_D) + delta
             else:
-                o_s = tl.dot(ent.to(vc.dtype), vc, input_precision=DOT_PRECISION)
+                o_s = _pv(ent, vc, DOT_PRECISION)
                 if MODE == 0:
-                    delta = tl.dot(p_delta.to(vc.dtype), vc, input_precision=DOT_PRECISION)
+                    delta = _pv(p_delta, vc, DOT_PRECISION)
                 else:
-                    o_d = tl.load(od_base + rows[:, None] * sod_n + (d0 + dd)[None, :] * sod_d,
-                                  mask=row_ok[:, None], other=0.0).to(tl.float32)
-                    delta = o_s - o_d
+                    delta = o_s - _load_rows(od_base, rows, row_ok, sod_n, sod_d, d0, V_D, BLOCK_D)
             ss += tl.sum(o_s * o_s, 1)
             ds += tl.sum(delta * o_s, 1)
             dd2 += tl.sum(delta * delta, 1)
@@ -197,23 +241,17 @@ def gag_fused_kernel(
 
     # ---- pass B: out = w_s·O_s + w_delta·Δ, written chunk by chunk
     if MODE == 0:
-        p_out = w_s[:, None] * ent + w_delta[:, None] * p_delta
+        p_out = w_s[None, :, None] * ent + w_delta[None, :, None] * p_delta
     if MODE == 1:
-        p_out = (w_s + w_delta)[:, None] * ent  # out = (w_s + w_delta)·O_s − w_delta·O_d
+        p_out = (w_s + w_delta)[None, :, None] * ent  # out = (w_s + w_delta)·O_s − w_delta·O_d
     if MODE == 2:
-        p_out = (w_s + w_delta)[:, None] * p_delta  # out = w_s·O_d + (w_s + w_delta)·Δ
-    for d0 in tl.static_range(0, V_D, BLOCK_D):
-        vc = tl.load(v_base + cols[:, None] * sv_m + (d0 + dd)[None, :] * sv_d, mask=col_ok[:, None], other=0.0)
-        if DOT_F32:
-            vc = vc.to(tl.float32)
-        acc = tl.dot(p_out.to(vc.dtype), vc, input_precision=DOT_PRECISION)  # (BLOCK_N, BLOCK_D)
+        p_out = (w_s + w_delta)[None, :, None] * p_delta  # out = w_s·O_d + (w_s + w_delta)·Δ
+    for d0 in range(0, V_D, BLOCK_D):
+        vc = _load_v(v_base, sv_m, sv_d, d0, M, V_D, KT, BLOCK_MC, BLOCK_D, DOT_F32)
+        acc = _pv(p_out, vc, DOT_PRECISION)  # (BLOCK_N, BLOCK_D)
         if MODE == 1:
-            o_d = tl.load(od_base + rows[:, None] * sod_n + (d0 + dd)[None, :] * sod_d, mask=row_ok[:, None],
-                          other=0.0).to(tl.float32)
-            acc = acc - w_delta[:, None] * o_d
+            acc = acc - w_delta[:, None] * _load_rows(od_base, rows, row_ok, sod_n, sod_d, d0, V_D, BLOCK_D)
         if MODE == 2:
-            o_d = tl.load(od_base + rows[:, None] * sod_n + (d0 + dd)[None, :] * sod_d, mask=row_ok[:, None],
-                          other=0.0).to(tl.float32)
-            acc = acc + w_s[:, None] * o_d
+            acc = acc + w_s[:, None] * _load_rows(od_base, rows, row_ok, sod_n, sod_d, d0, V_D, BLOCK_D)
         tl.store(o_base + rows[:, None] * so_n + (d0 + dd)[None, :] * so_d, acc.to(OUT.dtype.element_ty),
-                 mask=row_ok[:, None])
+                 mask=row_ok[:, None] & ((d0 + dd) < V_D)[None, :])
