@@ -209,6 +209,31 @@ def test_joint_with_mask(device):
     assert res is not None
 
 
+@pytest.mark.parametrize("kind", ["cross", "cross_dense_given", "joint"])
+def test_guidance_stats_match_the_pytorch_path(device, kind):
+    """With a GuidanceStats the kernel reports the sums gag_combine would (the web chart keeps the fast path)."""
+    gen = torch.Generator().manual_seed(31)
+    n = 40
+    q, k, v = (randn(gen, (1, 2, n, 32), torch.float32, device) for _ in range(3))
+    kw = dict(method="gag", scale=6.0, beta=0.4, tau=1.5, alpha=1.5)
+    fast, slow = gag_core.GuidanceStats(), gag_core.GuidanceStats()
+    if kind == "joint":
+        o_d, lse = reference(gag_core.dense_attention_with_lse, q, k, v)
+        kw.update(text_range=(0, 10), tau=0.3)  # joint updates are smaller: a lower cap so some rows hit it
+        res = kernels.fused_joint_attention(q, k, v, lse=lse, o_dense=o_d, stats=fast, **kw)
+        reference(gag_core.joint_gag_attention, q, k, v, dense=lambda *_: (o_d, lse), stats=slow, **kw)
+    else:
+        k, v = k[:, :, :17], v[:, :, :17]
+        o_d = reference(gag_core.sparse_dense_attention, q, k, v)[1] if kind == "cross_dense_given" else None
+        res = kernels.fused_cross_attention(q, k, v, o_dense=o_d, stats=fast, **kw)
+        reference(gag_core.gag_attention, q, k, v, dense=(lambda *_: o_d) if o_d is not None else None,
+                  stats=slow, **kw)
+    assert res is not None
+    assert fast.tokens == slow.tokens > 0 and fast.capped == slow.capped > 0
+    for name in ("rel_guidance_sum", "parallel_energy", "orthogonal_energy"):
+        assert getattr(fast, name) == pytest.approx(getattr(slow, name), rel=1e-4), name
+
+
 # ----------------------------------------------------------------------------------------------- entmax exactness
 
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25])

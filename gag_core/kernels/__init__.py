@@ -203,12 +203,16 @@ def unsupported_reason_joint(q, k, v, *, text_range, lse, o_dense, method, scale
 
 # ----------------------------------------------------------------------------------------------- launch
 
-def _config(m_keys: int, qk_d: int, v_d: int) -> dict:
-    """Tile sizes: all keys of BLOCK_N rows in registers (~32 logits a thread), k/v staged ≤ 16K elements."""
+def _config(m_keys: int, qk_d: int, v_d: int, elem_bytes: int = 2) -> dict:
+    """Tile sizes: all keys of BLOCK_N rows in registers (~32 logits a thread), ≤ 16 KiB of k or v per step.
+
+    Checked by compiling for sm_80 and sm_90 without a GPU (ptxas): no register spills at the SDXL and FLUX
+    shapes; not yet timed on a GPU (benchmarks/bench_kernels.py --sweep searches around it).
+    """
     block_m = max(16, _next_pow2(m_keys))
     block_n = max(16, min(64, 4096 // block_m))
-    block_d = max(16, min(_next_pow2(max(qk_d, v_d)), 64, 16384 // block_m))
-    num_warps = max(4, min(16, block_n * block_m // 1024))
+    block_d = max(16, min(64, _next_pow2(max(qk_d, v_d)), 16384 // (block_m * elem_bytes)))
+    num_warps = 4 if block_m <= 128 else 8 if block_m <= 512 else 16
     block_mc = min(block_m, 128)
     return {"BLOCK_N": block_n, "BLOCK_M": block_m, "BLOCK_MC": block_mc, "BLOCK_D": block_d, "num_warps": num_warps}
 
@@ -229,12 +233,12 @@ def _mask_args(mask, shape, col0: int, col1: int, device):
 
 
 def _launch(*, q, k, v, out, o_dense, lse, mask_kind, mask_t, mask_strides, mode, method, scale, beta, tau,
-            alpha, seg0_end, seg1_start, n_rows, config=None):
+            alpha, seg0_end, seg1_start, n_rows, stats_buf=None, config=None):
     """Launch the fused kernel over the row segments [0, seg0_end) and [seg1_start, n_rows); None if it fails."""
     module = _load()
     b, h, _, qk_d = q.shape
     m_keys, v_d = k.shape[2], v.shape[3]
-    cfg = dict(_config(m_keys, qk_d, v_d), **(config or {}))
+    cfg = dict(_config(m_keys, qk_d, v_d, q.element_size()), **(config or {}))
     block_n = cfg["BLOCK_N"]
     nb0 = _cdiv(seg0_end, block_n)
     grid = (nb0 + _cdiv(n_rows - seg1_start, block_n), b * h)
@@ -246,14 +250,17 @@ def _launch(*, q, k, v, out, o_dense, lse, mask_kind, mask_t, mask_strides, mode
     cap = tau is not None and tau > 0 and math.isfinite(tau)
     # The interpreter's bfloat16 dot is wrong (raw bits in numpy): it gets float32 operands instead.
     dot_f32 = q.dtype == torch.float32 or (interpreting() and q.dtype == torch.bfloat16)
-    args = (q, k, v, od, ls, mask_t, out, *q.stride(), *k.stride(), *v.stride(), *od_strides, *ls_strides,
-            *mask_strides, *out.stride(), h, m_keys, seg0_end, seg1_start, n_rows, nb0,
+    st = stats_buf if stats_buf is not None else out
+    args = (q, k, v, od, ls, mask_t, out, st, *q.stride(), *k.stride(), *v.stride(), *od_strides, *ls_strides,
+            *mask_strides, *out.stride(), st.stride(0) if stats_buf is not None else 0,
+            h, m_keys, seg0_end, seg1_start, n_rows, nb0,
             qk_d ** -0.5, float(scale), float(beta), float(tau) if cap else 0.0, float(alpha))
     constants = dict(
         BLOCK_N=block_n, KT=cfg["BLOCK_M"] // cfg["BLOCK_MC"], BLOCK_MC=cfg["BLOCK_MC"], QK_D=qk_d, V_D=v_d,
         BLOCK_D=cfg["BLOCK_D"], MODE=mode, METHOD=module.METHOD_GAG if method == "gag" else module.METHOD_PLADIS,
         ALPHA_KIND=alpha_kind, MASK_KIND=mask_kind, CAP=cap, MAX_ITER=MAX_NEWTON_ITER,
         TOL=1e-4 if alpha_kind != module.ALPHA_GENERAL else 1e-5, DOT_F32=dot_f32, DOT_PRECISION="ieee",
+        STATS=stats_buf is not None,
     )
     key = (q.device.type, q.dtype, tuple(sorted(constants.items())))
     if key in _failed:
@@ -279,14 +286,28 @@ def _cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
+def _stats_buffer(stats, method, b, h, rows, device):
+    """Per-row statistics written by the kernel: ‖O_s‖, ‖λcG‖, capped, ‖Δ∥‖², ‖Δ⊥‖².  # (5, B, H, rows)"""
+    if stats is None or method != "gag":
+        return None
+    return torch.zeros((5, b, h, rows), dtype=torch.float32, device=device)
+
+
+def _add_stats(stats, buf) -> None:
+    """Hand the kernel's per-row statistics to a GuidanceStats, as gag_combine does."""
+    stats.add(o_sparse_norm=buf[0], update_norm=buf[1], capped=buf[2] > 0.5, delta_par_sq=buf[3],
+              delta_perp_sq=buf[4])
+
+
 # ----------------------------------------------------------------------------------------------- public API
 
 def fused_cross_attention(q, k, v, *, method, scale, beta, tau, alpha, mask=None, o_dense=None, out=None,
-                          config=None):
+                          stats=None, config=None):
     """GAG/PLADIS cross-attention in one kernel: out = rule(α-entmax(z)·v, softmax(z)·v or o_dense); else None.
 
-    `out` (optional, (B, H, N, Dv), q's dtype, not aliasing an input) receives the result; `config` overrides
-    the tile sizes (BLOCK_N, BLOCK_M, BLOCK_D, num_warps) for benchmarking.
+    `out` (optional, (B, H, N, Dv), q's dtype, not aliasing an input) receives the result; `stats` (optional
+    gag_core.GuidanceStats) gets the same per-(token, head) sums as gag_combine gives it (GAG only, as there);
+    `config` overrides the tile sizes (BLOCK_N, BLOCK_M, BLOCK_MC, BLOCK_D, num_warps) for benchmarking.
     """
     if unsupported_reason_cross(q, k, v, method=method, scale=scale, beta=beta, tau=tau, alpha=alpha, mask=mask,
                                 o_dense=o_dense, out=out):
@@ -297,17 +318,21 @@ def fused_cross_attention(q, k, v, *, method, scale, beta, tau, alpha, mask=None
         out = torch.empty_like(q) if v_d == q.shape[3] else q.new_empty((b, h, n, v_d))
     kind, mask_t, mask_strides = _mask_args(mask, (b, h, n, m_keys), 0, m_keys, q.device)
     mode = 0 if o_dense is None else 1
-    return _launch(q=q, k=k, v=v, out=out, o_dense=o_dense, lse=None, mask_kind=kind, mask_t=mask_t,
-                   mask_strides=mask_strides, mode=mode, method=method, scale=scale, beta=beta, tau=tau,
-                   alpha=alpha, seg0_end=n, seg1_start=n, n_rows=n, config=config)
+    stats_buf = _stats_buffer(stats, method, b, h, n, q.device)
+    res = _launch(q=q, k=k, v=v, out=out, o_dense=o_dense, lse=None, mask_kind=kind, mask_t=mask_t,
+                  mask_strides=mask_strides, mode=mode, method=method, scale=scale, beta=beta, tau=tau,
+                  alpha=alpha, seg0_end=n, seg1_start=n, n_rows=n, stats_buf=stats_buf, config=config)
+    if res is not None and stats_buf is not None:
+        _add_stats(stats, stats_buf)
+    return res
 
 
 def fused_joint_attention(q, k, v, *, text_range, lse, o_dense, method, scale, beta, tau, alpha, mask=None,
-                          out=None, config=None):
+                          out=None, stats=None, config=None):
     """Joint attention: image rows get rule(O_d + m·(entmax − softmax)(z_text)·v_text, O_d); text rows O_d.
 
-    `lse` (B, H, L) is the full-row dense log-sum-exp, `o_dense` (B, H, L, Dv) the dense output; `out` and
-    `config` as in `fused_cross_attention`.
+    `lse` (B, H, L) is the full-row dense log-sum-exp, `o_dense` (B, H, L, Dv) the dense output; `out`,
+    `stats` (image rows only) and `config` as in `fused_cross_attention`.
     """
     if unsupported_reason_joint(q, k, v, text_range=text_range, lse=lse, o_dense=o_dense, method=method,
                                 scale=scale, beta=beta, tau=tau, alpha=alpha, mask=mask, out=out):
@@ -318,9 +343,14 @@ def fused_joint_attention(q, k, v, *, text_range, lse, o_dense, method, scale, b
         out = torch.empty_like(o_dense, dtype=q.dtype)
     out[:, :, s:e] = o_dense[:, :, s:e]
     kind, mask_t, mask_strides = _mask_args(mask, (b, h, length, length), s, e, q.device)
-    return _launch(q=q, k=k[:, :, s:e], v=v[:, :, s:e], out=out, o_dense=o_dense, lse=lse, mask_kind=kind,
-                   mask_t=mask_t, mask_strides=mask_strides, mode=2, method=method, scale=scale, beta=beta,
-                   tau=tau, alpha=alpha, seg0_end=s, seg1_start=e, n_rows=length, config=config)
+    stats_buf = _stats_buffer(stats, method, b, h, length, q.device)
+    res = _launch(q=q, k=k[:, :, s:e], v=v[:, :, s:e], out=out, o_dense=o_dense, lse=lse, mask_kind=kind,
+                  mask_t=mask_t, mask_strides=mask_strides, mode=2, method=method, scale=scale, beta=beta,
+                  tau=tau, alpha=alpha, seg0_end=s, seg1_start=e, n_rows=length, stats_buf=stats_buf,
+                  config=config)
+    if res is not None and stats_buf is not None:
+        _add_stats(stats, torch.cat([stats_buf[..., :s], stats_buf[..., e:]], dim=-1))  # image rows only
+    return res
 
 
 __all__ = [

@@ -85,20 +85,20 @@ def _load_rows(base, rows, row_ok, s_n, s_d, d0, V_D: tl.constexpr, BLOCK_D: tl.
 
 @triton.jit
 def gag_fused_kernel(
-    Q, K, V, OD, LSE, MASK, OUT,
+    Q, K, V, OD, LSE, MASK, OUT, ST,
     sq_b, sq_h, sq_n, sq_d,
     sk_b, sk_h, sk_m, sk_d,
     sv_b, sv_h, sv_m, sv_d,
     sod_b, sod_h, sod_n, sod_d,
     sl_b, sl_h, sl_n,
     smk_b, smk_h, smk_n, smk_m,
-    so_b, so_h, so_n, so_d,
+    so_b, so_h, so_n, so_d, st_c,
     H, M, SEG0_END, SEG1_START, N_ROWS, NB0,
     sm_scale, guidance, beta, tau_cap, alpha,
     BLOCK_N: tl.constexpr, KT: tl.constexpr, BLOCK_MC: tl.constexpr, QK_D: tl.constexpr, V_D: tl.constexpr,
     BLOCK_D: tl.constexpr, MODE: tl.constexpr, METHOD: tl.constexpr, ALPHA_KIND: tl.constexpr,
     MASK_KIND: tl.constexpr, CAP: tl.constexpr, MAX_ITER: tl.constexpr, TOL: tl.constexpr,
-    DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_F32: tl.constexpr, DOT_PRECISION: tl.constexpr, STATS: tl.constexpr,
 ):
     """out rows = rule(O_s, O_d) for BLOCK_N query rows of one (batch, head); see the module docstring."""
     pid = tl.program_id(0)
@@ -234,6 +234,15 @@ def gag_fused_kernel(
         lc = guidance * c
         w_s = 1.0 + lc * (1.0 - beta) * coef  # out = w_s·O_s + w_delta·Δ
         w_delta = lc * beta
+        if STATS:  # per row: ‖O_s‖, ‖λcG‖, capped, ‖Δ∥‖², ‖Δ⊥‖² into ST (5, B, H, N_ROWS)
+            st = ST + (b * H + h) * N_ROWS + rows
+            g_len = tl.sqrt(g2)
+            tl.store(st, tl.sqrt(ss), mask=row_ok)
+            tl.store(st + st_c, tl.abs(lc) * g_len, mask=row_ok)
+            if CAP:
+                tl.store(st + 2 * st_c, (g_len > tau_cap).to(tl.float32), mask=row_ok)
+            tl.store(st + 3 * st_c, par2, mask=row_ok)
+            tl.store(st + 4 * st_c, tl.maximum(dd2 - par2, 0.0), mask=row_ok)
     else:
         # PLADIS: out = O_d + s·Δ = O_s + (s − 1)·Δ
         w_s = tl.full((BLOCK_N,), 1.0, dtype=tl.float32)
