@@ -23,6 +23,7 @@ const PRESET_WIDGET = "gag_preset";
 const TOGGLE_WIDGET = "gag_chart_toggle";
 const CHART_WIDGET = "gag_chart";
 const CHART_PROPERTY = "GAG chart";
+const PRESETS_TIMEOUT_MS = 5000;
 
 let table = null; // parsed /gag/presets, null with an older back end
 let syncTimer = null;
@@ -55,7 +56,11 @@ const findWidget = (node, name) => node.widgets?.find((w) => w.name === name);
 
 async function loadTable() {
   try {
-    const res = await api.fetchApi("/gag/presets", { cache: "no-store" });
+    // a server that never answers must not hold up the page: give up after a few seconds
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), PRESETS_TIMEOUT_MS);
+    const res = await api.fetchApi("/gag/presets", { cache: "no-store", signal: abort.signal })
+      .finally(() => clearTimeout(timer));
     if (!res.ok) {
       console.info(`[GAG] /gag/presets answered ${res.status} (older back end?): no preset menu or chart`);
       return null;
@@ -201,7 +206,7 @@ function scheduleSync(force = false) {
 }
 
 async function sync() {
-  if (!table || !api.clientId || !app.graph) return;
+  if (!table || table.noTelemetry || !api.clientId || !app.graph) return;
   const nodes = collectNodePaths(app.graph, (n) => !!n.__gag?.chart && chartShown(n)).sort();
   const key = `${api.clientId}|${nodes.join(",")}`;
   if (key === lastSync) return;
@@ -211,6 +216,7 @@ async function sync() {
     body: JSON.stringify({ client_id: api.clientId, nodes }),
   });
   if (res.ok) lastSync = key;
+  else if (res.status === 404) table.noTelemetry = true; // a server without the route: stop asking
 }
 
 // ------------------------------------------------------------------------------------------- extension
