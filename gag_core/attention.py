@@ -132,6 +132,8 @@ def _chunk_rows(n: int, bytes_per_row: int, cap: int | None) -> int:
 
 def _combine(o_s, o_d, method, scale, beta, tau, stats):
     if method == "pladis":
+        if stats is not None:  # O_d + s(O_s − O_d) = O_s + (s − 1)Δ: GAG with λ = s − 1, β = 1, no cap
+            return gag_combine(o_s, o_d, scale=scale - 1.0, beta=1.0, tau=None, stats=stats)
         return pladis_combine(o_s, o_d, scale=scale)
     return gag_combine(o_s, o_d, scale=scale, beta=beta, tau=tau, stats=stats)
 

@@ -132,3 +132,14 @@ def test_validation_quotes_bad_value(kwargs, match):
 def test_shape_mismatch_rejected():
     with pytest.raises(ValueError, match="same shape"):
         pladis_combine(torch.randn(2, 3), torch.randn(3, 2), scale=2.0)
+
+
+def test_pladis_statistics_path_equals_pladis():
+    import gag_core
+
+    q, k, v = (torch.randn(1, 2, 12, 8) for _ in range(3))
+    stats = GuidanceStats()
+    with_stats = gag_core.gag_attention(q, k, v, method="pladis", scale=2.5, stats=stats)
+    torch.testing.assert_close(with_stats, gag_core.gag_attention(q, k, v, method="pladis", scale=2.5),
+                               atol=1e-5, rtol=1e-5)
+    assert stats.calls == 1 and stats.summary()["capped_fraction"] == 0.0
