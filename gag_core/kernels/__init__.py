@@ -206,8 +206,8 @@ def unsupported_reason_joint(q, k, v, *, text_range, lse, o_dense, method, scale
 def _config(m_keys: int, qk_d: int, v_d: int, elem_bytes: int = 2) -> dict:
     """Tile sizes: all keys of BLOCK_N rows in registers (~32 logits a thread), ≤ 16 KiB of k or v per step.
 
-    Checked by compiling for sm_80 and sm_90 without a GPU (ptxas): no register spills at the SDXL and FLUX
-    shapes; not yet timed on a GPU (benchmarks/bench_kernels.py --sweep searches around it).
+    Checked by compiling for sm_80 and sm_90 without a GPU (Triton 3.9's ptxas): no register spills at the SDXL
+    and FLUX shapes; not yet timed on a GPU (benchmarks/bench_kernels.py --sweep searches around it).
     """
     block_m = max(16, _next_pow2(m_keys))
     block_n = max(16, min(64, 4096 // block_m))
