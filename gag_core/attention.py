@@ -234,9 +234,9 @@ def gag_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, method: 
     o_d_full = None
     if dense is not None:
         o_d_full, _ = _call_dense(dense, q, k, v, mask, out_shape)
-    if _wants_kernel(q) and stats is None:
+    if _wants_kernel(q):
         fused = _try_kernel("fused_cross_attention", q, k, v, method=method, scale=scale, beta=beta, tau=tau,
-                            alpha=alpha, mask=mask4, o_dense=o_d_full)
+                            alpha=alpha, mask=mask4, o_dense=o_d_full, stats=stats)
         if fused is not None:
             return fused
 
@@ -291,10 +291,10 @@ def joint_gag_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, te
     if s == 0 and e == n:  # no image tokens: nothing to guide
         return o_d.to(q.dtype)
 
-    if _wants_kernel(q) and stats is None:
+    if _wants_kernel(q):
         lse_full = lse if lse is not None else _row_lse(q, k, mask4, max_chunk_bytes)
         fused = _try_kernel("fused_joint_attention", q, k, v, text_range=(s, e), lse=lse_full, o_dense=o_d,
-                            method=method, scale=scale, beta=beta, tau=tau, alpha=alpha, mask=mask4)
+                            method=method, scale=scale, beta=beta, tau=tau, alpha=alpha, mask=mask4, stats=stats)
         if fused is not None:
             return fused
 

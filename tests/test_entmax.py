@@ -96,6 +96,16 @@ def test_gradient_matches_package():
     torch.testing.assert_close(g_ours, g_pkg, atol=1e-5, rtol=1e-4)
 
 
+def test_ties_at_the_threshold():
+    z = torch.tensor([[2.0, 0.0, -1.0, -1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0]]) * (1 - 2**-24)
+    for alpha in (1.5, 2.0):
+        torch.testing.assert_close(entmax(z, alpha), entmax_reference(z, alpha), atol=1e-6, rtol=1e-6)
+    g = torch.Generator().manual_seed(12)
+    z = torch.randint(-3, 4, (500, 12), generator=g).float() * 0.5  # many exact ties
+    for alpha in (1.5, 2.0):
+        torch.testing.assert_close(entmax(z, alpha), entmax_reference(z, alpha), atol=1e-6, rtol=1e-6)
+
+
 def test_rows_needing_many_newton_steps_are_refined_exactly():
     # One huge logit and many just below: the fixed-step fast path cannot finish; refinement must.
     z = torch.cat([torch.full((8, 1), 4.0), 3.9 + 0.01 * _logits((8, 500), 10)], dim=-1)
