@@ -225,7 +225,7 @@ def apply_guidance(model, *, method: str, scale: float, beta: float = 0.0, tau=1
     patched.remove_wrappers_with_key(APPLY_MODEL, WRAPPER_KEY)
     patched.add_wrapper_with_key(APPLY_MODEL, WRAPPER_KEY, GuidancePatch(settings))
     telemetry.attach(patched, settings.node_key)  # per-step statistics for the web chart (no-op unless shown)
-    logger.info("[GAG] %s on %s: %s=%g, beta=%g, tau=%s, alpha=%g, blocks %s, percent %g-%g", method.upper(),
-                family.label, "lambda" if method == "gag" else "s", scale, beta, tau, alpha, selection.describe(),
-                start, end)
+    rule = f"lambda={scale:g}, beta={beta:g}, tau={tau}" if method == "gag" else f"s={scale:g}"
+    logger.info("[GAG] %s on %s: %s, alpha=%g, blocks %s, percent %g-%g", method.upper(), family.label, rule,
+                alpha, selection.describe(), start, end)
     return patched

@@ -291,7 +291,7 @@ def test_unsupported_model_passes_through_with_one_warning(comfy, caplog):
 
 
 @pytest.mark.parametrize("kernel", ["attention_basic", "attention_pytorch", "attention_sub_quad", "attention_split"])
-@pytest.mark.parametrize("layout", ["unet", "joint_masked"])
+@pytest.mark.parametrize("layout", ["unet", "joint_masked", "joint_key_padding"])
 def test_comfy_kernels_give_the_same_guidance(comfy, kernel, layout):
     """The override on ComfyUI's own kernels (called through wrap_attn) equals gag_core with its own dense."""
     import comfy.ldm.modules.attention as host
@@ -320,8 +320,12 @@ def test_comfy_kernels_give_the_same_guidance(comfy, kernel, layout):
         text, img = 5, 12
         info = routing.PassInfo("mmdit", text_len=text, image_tokens=img)
         q, k, v = (torch.randn(2, heads, text + img, d, generator=gen) for _ in range(3))
-        mask = torch.zeros(2, text + img, text + img)
-        mask[1, :, 3:text] = -10000.0  # shorter second prompt: padded text keys masked
+        if layout == "joint_masked":  # (B, L, L) additive, as FLUX's attention_mask
+            mask = torch.zeros(2, text + img, text + img)
+            mask[1, :, 3:text] = -10000.0  # shorter second prompt: padded text keys masked
+        else:  # (B, 1, L) key padding with -finfo.max, as Qwen-Image in ComfyUI 0.12
+            mask = torch.zeros(2, 1, text + img)
+            mask[1, 0, 3:text] = -torch.finfo(torch.float32).max
         options = {"block_type": "single", "block_index": 0}
         options["optimized_attention_override"] = patch.GuidedAttention(settings, info)
         out = fn(q, k, v, heads, mask=mask, skip_reshape=True, transformer_options=options)
