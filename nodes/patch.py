@@ -124,8 +124,12 @@ class GuidedAttention:
         k = to_bhld(call.k, heads, call.skip_reshape)  # (B, H, M, D)
         v = to_bhld(call.v, heads, call.skip_reshape)  # (B, H, M, Dv)
 
+        dense_out = []
+
         def dense(_q, _k, _v, _mask):
-            return output_to_bhld(self.call_next(func, call.args, call.kwargs), heads, call.skip_output_reshape)
+            dense_out.append(output_to_bhld(self.call_next(func, call.args, call.kwargs), heads,
+                                            call.skip_output_reshape))  # (B, H, N, D)
+            return dense_out[-1]
 
         options = dict(method=s.method, scale=s.scale, beta=s.beta, tau=s.tau, alpha=s.alpha,
                        mask=mask_to_4d(call.mask), dense=dense,
@@ -134,6 +138,8 @@ class GuidedAttention:
             out = gag_attention(q, k, v, **options)
         else:
             out = joint_gag_attention(q, k, v, text_range=route.text_range, **options)
+            if route.guided_stop is not None and route.guided_stop < out.shape[2]:
+                out[:, :, route.guided_stop:] = dense_out[-1][:, :, route.guided_stop:]  # reference rows: dense
         return output_from_bhld(out, call.skip_output_reshape)
 
 

@@ -4,7 +4,9 @@ UNet: only cross-attention (attn2, keys = text tokens) in selected blocks; Comfy
 (`transformer_options["block"]`), and an attn2 patch pair marks the calls that run inside attn2.
 MMDiT: only the joint attention [text | image | reference] of selected blocks; the text span is
 [0, text_len) with text_len taken from the conditioning, and the sequence must hold at least the latent's
-image tokens after it (reference latents come after the image, so they are never taken for text).
+image tokens after it. Reference latents (FLUX Kontext, Qwen-Image-Edit) come after the image: they are never
+taken for text, and their rows keep the dense output (`Route.guided_stop`), so the reference is read as without
+guidance.
 """
 from __future__ import annotations
 
@@ -28,11 +30,13 @@ class PassInfo:
 
 @dataclass(frozen=True)
 class Route:
-    """A guided call: "cross" (UNet attn2) or "joint" (MMDiT) at `block`, with the text span for joint."""
+    """A guided call: "cross" (UNet attn2) or "joint" (MMDiT) at `block`; for joint, the text span and the end
+    of the guided rows (rows from `guided_stop` on are reference tokens and keep the dense output)."""
 
     kind: str
     block: tuple[str, int]
     text_range: tuple[int, int] | None = None
+    guided_stop: int | None = None
 
 
 def image_token_count(latent_shape, patch_size) -> int:
@@ -77,4 +81,5 @@ def route_call(info: PassInfo, q_len: int, k_len: int, transformer_options: dict
         info.joint_calls += 1
     if not selection.contains(group, index):
         return None
-    return Route("joint", (group, index), (0, info.text_len))
+    stop = info.text_len + info.image_tokens if info.image_tokens > 0 else q_len
+    return Route("joint", (group, index), (0, info.text_len), stop)

@@ -46,7 +46,8 @@ class Recorder:
         def guided(self, func, call, route):
             out = guided_orig(self, func, call, route)
             rec.guided.append(dict(pass_index=index(self.info), block=route.block, kind=route.kind,
-                                   text_range=route.text_range, text_len=self.info.text_len, q_len=call.q_len,
+                                   text_range=route.text_range, guided_stop=route.guided_stop,
+                                   text_len=self.info.text_len, q_len=call.q_len,
                                    k_len=call.k_len, batch=call.batch, dtype=call.q.dtype, func=func.__name__,
                                    tensors=(call, out) if keep_tensors else None))
             return out
@@ -227,8 +228,9 @@ def test_reference_latents_are_not_taken_for_text(comfy, monkeypatch, family):
     assert torch.isfinite(out).all() and not torch.equal(out, baseline)
     tokens = 64 if family == "flux2" else 16
     assert rec.guided
-    for g in rec.guided:  # [text | image | reference]
+    for g in rec.guided:  # [text | image | reference]: reference rows keep the dense output
         assert g["q_len"] == g["text_len"] + 2 * tokens and g["text_range"] == (0, g["text_len"])
+        assert g["guided_stop"] == g["text_len"] + tokens
 
 
 # ----------------------------------------------------------------------------------------------- host integration

@@ -200,7 +200,7 @@ def test_mmdit_text_first_span_and_blocks():
     info = routing.PassInfo("mmdit", text_len=12, image_tokens=64)
     opts = {"block_type": "single", "block_index": 3}
     r = routing.route_call(info, 76, 76, opts, MMDIT_SEL)
-    assert r == routing.Route("joint", ("single", 3), (0, 12))
+    assert r == routing.Route("joint", ("single", 3), (0, 12), 76)
     only_double = blocks.parse_blocks("double:0-1", "mmdit", "double")
     assert routing.route_call(info, 76, 76, opts, only_double) is None
     assert routing.route_call(info, 76, 76, {"block_type": "double", "block_index": 1}, only_double) is not None
@@ -211,7 +211,9 @@ def test_mmdit_reference_tokens_are_not_text():
     # [text | image | reference image]: the span stays the conditioning's length.
     info = routing.PassInfo("mmdit", text_len=12, image_tokens=64)
     r = routing.route_call(info, 12 + 64 + 64, 12 + 64 + 64, {"block_type": "double", "block_index": 0}, MMDIT_SEL)
-    assert r.text_range == (0, 12)
+    assert r.text_range == (0, 12) and r.guided_stop == 12 + 64  # reference rows stay dense
+    unknown = routing.PassInfo("mmdit", text_len=12, image_tokens=0)  # image size unknown: guide every row
+    assert routing.route_call(unknown, 90, 90, {"block_type": "double", "block_index": 0}, MMDIT_SEL).guided_stop == 90
 
 
 def test_mmdit_skips_image_only_and_cross_shaped_calls():
@@ -229,7 +231,7 @@ def test_sd3_counts_joint_calls_for_block_numbers():
     for length in (26, 16, 26, 26):  # joint, image-only, joint, joint
         seen.append(routing.route_call(info, length, length, {}, sel))
     assert seen[0] is None and seen[1] is None and seen[3] is None
-    assert seen[2] == routing.Route("joint", ("double", 1), (0, 10))
+    assert seen[2] == routing.Route("joint", ("double", 1), (0, 10), 26)
     assert info.joint_calls == 3
 
 

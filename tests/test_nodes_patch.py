@@ -103,6 +103,23 @@ def test_joint_attention_with_mask_equals_gag_core():
     assert not torch.allclose(out[:, text:], dense[:, text:], atol=1e-4)
 
 
+def test_reference_rows_keep_the_dense_output():
+    heads, text, img, ref = 2, 5, 12, 12
+    L = text + img + ref
+    info = routing.PassInfo("mmdit", text_len=text, image_tokens=img)
+    s = settings(kind="mmdit")
+    ga = patch.GuidedAttention(s, info)
+    q, k, v = (torch.randn(1, heads, L, 8) for _ in range(3))
+    opts = {"block_type": "single", "block_index": 1}
+    out = ga(kernel, q, k, v, heads, skip_reshape=True, skip_output_reshape=True, **kw(opts))
+    dense = kernel(q, k, v, heads, skip_reshape=True, skip_output_reshape=True, **kw(opts))
+    want = attention.joint_gag_attention(q, k, v, text_range=(0, text), scale=s.scale, beta=s.beta, tau=s.tau,
+                                         alpha=s.alpha)
+    torch.testing.assert_close(out[:, :, text + img:], dense[:, :, text + img:])  # [text | image | reference]
+    torch.testing.assert_close(out[:, :, text:text + img], want[:, :, text:text + img], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(out[:, :, text:text + img], dense[:, :, text:text + img], atol=1e-4)
+
+
 def test_sd3_layout_and_skip_output_reshape():
     heads, text, img, d = 2, 4, 9, 8
     L = text + img
