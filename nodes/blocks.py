@@ -12,7 +12,7 @@ BLOCKS_HELP = (
     "Guided blocks, comma separated: a group, or a group with a block number or range. "
     "UNet: input, middle, output (e.g. 'input:4-8, output'); MMDiT: double, single (e.g. 'double:0-9, single'). "
     "Block numbers are ComfyUI's (those of the 'block' / 'block_index' of attention patches). "
-    "'all' = every block, 'auto' = the family preset (UNet input+output, MMDiT double+single)."
+    "'all' = every block, 'auto' = the family preset (e.g. UNet input+output, FLUX double+single)."
 )
 
 

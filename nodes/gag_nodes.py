@@ -13,13 +13,22 @@ CATEGORY = "model_patches/attention_guidance"
 # (τ, α, step window and blocks for the simple nodes; blocks for 'auto').
 _UI = get_preset("sdxl")
 
+
+def _scale_ranges() -> str:
+    """The presets' λ ranges, families with the same range grouped: 'SDXL, FLUX.1: 2–10; DMD2: 1–6'."""
+    groups: dict[tuple[float, float], list[str]] = {}
+    for p in PRESETS.values():
+        groups.setdefault(tuple(p.scale_range), []).append(p.label)
+    return "; ".join(f"{', '.join(labels)}: {lo:g}–{hi:g}" for (lo, hi), labels in groups.items())
+
+
 SCALE_TIP = ("λ, guidance scale of GAG: out = O_s + λ·c·G, extrapolating from the sparse (α-entmax) attention "
-             "output O_s along G. 0 gives plain sparse attention; " +
-             "; ".join(f"{p.label} {p.scale_range[0]:g}–{p.scale_range[1]:g}" for p in PRESETS.values()) + ".")
+             "output O_s along G. 0 gives plain sparse attention. Useful ranges: " + _scale_ranges() + ".")
 BETA_TIP = ("β, weight of the orthogonal component Δ⊥ of Δ = O_s − O_d in G = Δ∥ + β·Δ⊥. 0 keeps only the part "
-            "parallel to O_s (the paper's default, most stable); 1 with τ = 0 is PLADIS.")
+            "parallel to O_s (the paper's default, most stable); 1 with τ = 0 is PLADIS with s = 1 + λ.")
 TAU_TIP = "τ, norm cap: G is scaled by c = min(1, τ/‖G‖) per token and head, which keeps large λ stable. 0 = no cap."
-ALPHA_TIP = "α of α-entmax for the sparse attention O_s: 1.0 = softmax (no change), 1.5 = entmax (default), 2.0 = sparsemax."
+ALPHA_TIP = ("α of α-entmax for the sparse attention O_s: 1.0 = softmax (no change), 1.5 = entmax (default), "
+             "2.0 = sparsemax.")
 METHOD_TIP = ("gag: out = O_s + λ·c·G (geometry-aware, capped). pladis: out = O_d + s·(O_s − O_d), with s = scale "
               "(PLADIS, the special case β = 1 without cap); β and τ are ignored.")
 START_TIP = "Fraction of the schedule (0 = first step) where guidance starts; before it attention is untouched."
