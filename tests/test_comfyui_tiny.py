@@ -2,7 +2,8 @@
 
 Shared by test_comfyui_nodes.py and benchmarks/bench_nodes.py. Needs COMFYUI_PATH (tests skip without it).
 Each model is built as `comfy.supported_models.X(unet_config).get_model({})` with a small config, its weights
-(and floating buffers) re-initialised from a seeded normal so attention logits are not degenerate, wrapped in a CPU ModelPatcher.
+(and floating buffers) re-initialised from a seeded normal so attention logits are not degenerate, and wrapped
+in a CPU ModelPatcher.
 """
 from __future__ import annotations
 
