@@ -46,6 +46,10 @@ def add_comfyui_to_path() -> Path:
     path = Path(COMFYUI_PATH).resolve()
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
+    if not _cuda_available() and "comfy.model_management" not in sys.modules:
+        import comfy.cli_args  # without a GPU, model_management must be told to use the CPU before its import
+
+        comfy.cli_args.args.cpu = True
     return path
 
 
