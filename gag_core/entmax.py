@@ -149,7 +149,8 @@ def _entmax_bisect(z: torch.Tensor, alpha: float, n_iter: int = 100, tol: float 
 def _softmax_masked(z: torch.Tensor) -> torch.Tensor:
     """softmax over the last dim, all zeros on fully masked rows."""
     p = torch.softmax(z, dim=-1)
-    return torch.nan_to_num(p, nan=0.0) if not bool(torch.isfinite(p).all()) else p
+    bad = torch.isnan(p.sum(dim=-1, keepdim=True))  # NaN rows are the fully masked ones (one cheap reduction)
+    return torch.where(bad, torch.zeros((), dtype=p.dtype, device=p.device), p) if bool(bad.any()) else p
 
 
 def _entmax15_probs(z: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
