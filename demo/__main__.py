@@ -83,7 +83,7 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--prompts-per-task", type=int, default=8)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=20, help="DDIM steps")
-    p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--batch", type=int, default=72)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--scale", type=floats, default=[PRESET.scale], help="GAG λ (list)")

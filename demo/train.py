@@ -14,7 +14,7 @@ import torch
 from . import world
 from .diffusion import v_loss
 from .model import Config, UNet
-from .weights import save
+from .weights import load, metadata, save
 
 
 def batch(rng: random.Random, n: int, drop: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,14 +43,22 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1, help="1 is fastest on a busy shared CPU")
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--out", default="demo/weights/tiny_t2i.safetensors")
+    p.add_argument("--init", default="", help="start from these weights (model and EMA) instead of from scratch")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    cfg = Config()
-    model = UNet(cfg)
+    if args.init:
+        model = load(args.init).train().requires_grad_(True)
+        prior = metadata(args.init)
+        prior_steps, prior_seconds = int(prior.get("steps", 0)), float(prior.get("train_seconds", 0))
+        print(f"continuing from {args.init} ({prior_steps} steps, {prior_seconds:.0f}s)", flush=True)
+    else:
+        model = UNet(Config())
+        prior_steps, prior_seconds = 0, 0.0
+    cfg = model.cfg
     ema = copy.deepcopy(model).requires_grad_(False)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params {n_params / 1e6:.2f}M, cross-attention layers {model.n_attn}", flush=True)
@@ -71,9 +79,11 @@ def main(argv=None) -> None:
     running = None
 
     def checkpoint(step: int) -> None:
-        meta = {"config": json.dumps(cfg.as_dict()), "steps": str(step), "batch": str(args.batch),
+        meta = {"config": json.dumps(cfg.as_dict()), "steps": str(prior_steps + step), "batch": str(args.batch),
                 "seed": str(args.seed), "lr": str(args.lr), "minutes": str(args.minutes),
-                "train_seconds": f"{time.time() - t0:.0f}"}
+                "train_seconds": f"{prior_seconds + time.time() - t0:.0f}"}
+        if args.init:
+            meta["continued_from_steps"] = str(prior_steps)
         save(ema, args.out, meta)
 
     i = 0
@@ -103,7 +113,8 @@ def main(argv=None) -> None:
         if i % args.save_every == 0:
             checkpoint(i)
     checkpoint(i)
-    print(f"done: {i} steps in {time.time() - t0:.0f}s -> {args.out}", flush=True)
+    print(f"done: {i} steps in {time.time() - t0:.0f}s (total {prior_steps + i} steps, "
+          f"{prior_seconds + time.time() - t0:.0f}s) -> {args.out}", flush=True)
 
 
 if __name__ == "__main__":
