@@ -22,7 +22,8 @@ class Item:
     spec: world.Spec
     caption: str
     seed: int
-    index: int  # position in the set: fixes the initial noise
+    slot: int  # which of the task's prompt slots (a caption can fill several when the task has few captions)
+    index: int  # position in the set
 
 
 def prompt_set(prompts_per_task: int, seeds: int, tasks: tuple[str, ...] = world.TASKS) -> list[Item]:
@@ -33,16 +34,16 @@ def prompt_set(prompts_per_task: int, seeds: int, tasks: tuple[str, ...] = world
         random.Random(f"prompts-{task}").shuffle(specs)
         chosen = [specs[i % len(specs)] for i in range(prompts_per_task)]
         for seed in range(seeds):
-            for spec in chosen:
-                items.append(Item(task, spec, world.caption_of(spec), seed, len(items)))
+            for slot, spec in enumerate(chosen):
+                items.append(Item(task, spec, world.caption_of(spec), seed, slot, len(items)))
     return items
 
 
 def initial_noise(items: list[Item], size: int = world.SIZE) -> torch.Tensor:
-    """(len(items), 3, size, size) Gaussian noise, one generator per (caption, seed): identical for every method."""
+    """(len(items), 3, size, size) Gaussian noise, one generator per (task, slot, seed): the same for every method."""
     out = torch.empty(len(items), 3, size, size)
     for j, it in enumerate(items):
-        g = torch.Generator().manual_seed(it.seed * 1_000_003 + sum(ord(c) * 31**i for i, c in enumerate(it.caption)) % 999_983)
+        g = torch.Generator().manual_seed(it.seed * 1_000_003 + world.TASKS.index(it.task) * 1009 + it.slot)
         out[j] = torch.randn(3, size, size, generator=g)
     return out
 
