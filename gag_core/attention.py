@@ -113,11 +113,14 @@ def _apply_mask(z: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return z.add_(mask.to(z.dtype))
 
 
-def _logits(q: torch.Tensor, k: torch.Tensor, mask, dtype: torch.dtype) -> torch.Tensor:
-    """z = q·kᵀ/√d (+ mask) in `dtype`.  # (B, H, n, M)"""
-    scale = q.shape[-1] ** -0.5
-    z = torch.matmul(q.to(dtype) * scale, k.to(dtype).transpose(-1, -2))
-    return _apply_mask(z, mask)
+def _scaled_keys(k: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """kᵀ/√d in `dtype`, formed once per call: scaling the few keys is cheaper than every query chunk.  # (B, H, D, M)"""
+    return (k.to(dtype) * k.shape[-1] ** -0.5).transpose(-1, -2)
+
+
+def _logits(q: torch.Tensor, k_t: torch.Tensor, mask, dtype: torch.dtype) -> torch.Tensor:
+    """z = q·(kᵀ/√d) (+ mask) in `dtype`, from keys prepared by `_scaled_keys`.  # (B, H, n, M)"""
+    return _apply_mask(torch.matmul(q.to(dtype), k_t), mask)
 
 
 def _softmax(z: torch.Tensor) -> torch.Tensor:
@@ -200,9 +203,10 @@ def _row_lse(q: torch.Tensor, k: torch.Tensor, mask4, cap: int | None) -> torch.
     dtype = _compute_dtype(q.dtype)
     step = _chunk_rows(n, b * h * k.shape[2] * 4 * 2, cap)
     out = torch.empty(b, h, n, dtype=torch.float32, device=q.device)
+    k_t = _scaled_keys(k, dtype)
     for a in range(0, n, step):
         e = min(n, a + step)
-        out[:, :, a:e] = torch.logsumexp(_logits(q[:, :, a:e], k, _mask_rows(mask4, a, e), dtype), dim=-1)
+        out[:, :, a:e] = torch.logsumexp(_logits(q[:, :, a:e], k_t, _mask_rows(mask4, a, e), dtype), dim=-1)
     return out
 
 
@@ -215,7 +219,7 @@ def sparse_dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     alpha = check_alpha(alpha)
     mask4 = _check_mask(mask, q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     dtype = _compute_dtype(q.dtype)
-    z = _logits(q, k, mask4, dtype)
+    z = _logits(q, _scaled_keys(k, dtype), mask4, dtype)
     vv = v.to(dtype)
     return (entmax(z, alpha) @ vv).to(q.dtype), (_softmax(z) @ vv).to(q.dtype)
 
@@ -241,14 +245,14 @@ def gag_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, method: 
             return fused
 
     dtype = _compute_dtype(q.dtype)
-    vv = v.to(dtype)
+    vv, k_t = v.to(dtype), _scaled_keys(k, dtype)
     out = torch.empty(out_shape, dtype=q.dtype, device=q.device)
     # Working set per query row, measured (tests/test_attention.py): ~14 key-length rows (logits, both
     # probability rows, exponentials and entmax temporaries) and ~12 head_dim rows (outputs, rule temporaries).
     step = _chunk_rows(n, b * h * (14 * m + 12 * dv) * torch.finfo(dtype).bits // 8, max_chunk_bytes)
     for a in range(0, n, step):
         e = min(n, a + step)
-        z = _logits(q[:, :, a:e], k, _mask_rows(mask4, a, e), dtype)  # (B, H, n, M)
+        z = _logits(q[:, :, a:e], k_t, _mask_rows(mask4, a, e), dtype)  # (B, H, n, M)
         if o_d_full is None:
             p_d, p_s = softmax_and_entmax(z, alpha)
             o_s, o_d = p_s @ vv, p_d @ vv  # (B, H, n, Dv)
@@ -299,7 +303,8 @@ def joint_gag_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, te
             return fused
 
     dtype = _compute_dtype(q.dtype)
-    k_t, v_t = k[:, :, s:e].to(dtype), v[:, :, s:e].to(dtype)
+    k_text, v_t = _scaled_keys(k[:, :, s:e], dtype), v[:, :, s:e].to(dtype)
+    k_all = _scaled_keys(k, dtype) if lse is None else None
     out = o_d.to(q.dtype, copy=True)
     m_t = e - s
     row_bytes = b * h * (14 * m_t + 12 * dv + (2 * length if lse is None else 0)) * torch.finfo(dtype).bits // 8
@@ -308,10 +313,10 @@ def joint_gag_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, te
         for a in range(seg_a, seg_e, step):
             c = min(seg_e, a + step)
             if lse is None:
-                lse_c = torch.logsumexp(_logits(q[:, :, a:c], k, _mask_rows(mask4, a, c), dtype), dim=-1)
+                lse_c = torch.logsumexp(_logits(q[:, :, a:c], k_all, _mask_rows(mask4, a, c), dtype), dim=-1)
             else:
                 lse_c = lse[:, :, a:c].to(dtype)
-            z_t = _logits(q[:, :, a:c], k_t, _mask_rows(mask4, a, c, s, e), dtype)  # (B, H, n, M_text)
+            z_t = _logits(q[:, :, a:c], k_text, _mask_rows(mask4, a, c, s, e), dtype)  # (B, H, n, M_text)
             lse_t = torch.logsumexp(z_t, dim=-1, keepdim=True)
             # Dense text mass m of each row (0 where the row or its text block is fully masked).
             mass = torch.exp(lse_t - lse_c.unsqueeze(-1)).nan_to_num_(0.0).clamp_(max=1.0)
