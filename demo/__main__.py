@@ -82,6 +82,8 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--out", default="out/demo", help="folder for grid.png and results.json")
     p.add_argument("--prompts-per-task", type=int, default=8)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed … first-seed + seeds − 1 (a fresh "
+                   "set of seeds replicates a sweep's finding on images it was not chosen on)")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps")
     p.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--batch", type=int, default=72)
@@ -100,6 +102,8 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--sparse", action="store_true", help="also run pure sparse attention (O_s)")
     p.add_argument("--inversion", action="store_true", help="run the DDIM inversion–reconstruction check instead")
     p.add_argument("--inversion-images", type=int, default=48)
+    p.add_argument("--inversion-matched", action="store_true",
+                   help="each operator inverts with itself (default: one dense inversion shared by all)")
     p.add_argument("--grid-columns", type=int, default=8, help="at most this many settings in the grid")
     return p.parse_args(argv)
 
@@ -142,12 +146,13 @@ def main(argv=None) -> int:
         guid = [Guidance(), Guidance("sparse", 1.0, alpha=args.alpha[0]),
                 *[c for c in configs if c.method in ("pladis", "gag")]]
         with tqdm(total=len(guid) + 1, desc="inversion", unit="run") as bar:
-            print(inversion_check(model, guid, n=args.inversion_images, steps=args.steps,
-                                  progress=bar.update))
+            report = inversion_check(model, guid, n=args.inversion_images, steps=args.steps,
+                                     matched=args.inversion_matched, progress=bar.update)
+        print(report)
         print(f"total {time.time() - t0:.1f}s")
         return 0
 
-    items = prompt_set(args.prompts_per_task, args.seeds)
+    items = prompt_set(args.prompts_per_task, args.seeds, first_seed=args.first_seed)
     results, images = {}, {}
     with tqdm(total=len(configs) * len(items) * args.steps, desc="sampling", unit="img·step",
               unit_scale=True, smoothing=0.1) as bar:
@@ -160,7 +165,7 @@ def main(argv=None) -> int:
     t_sample = time.time() - t0
     print()
     print(f"alignment (fraction of images the scorer judges correct) — {args.prompts_per_task} prompts × "
-          f"{args.seeds} seeds per task type, {args.steps} DDIM steps, CFG {args.cfg:g}")
+          f"{args.seeds} seeds (from {args.first_seed}) per task type, {args.steps} DDIM steps, CFG {args.cfg:g}")
     print(table(items, results))
     print()
     for g in configs:
@@ -172,7 +177,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shown = configs[: args.grid_columns]
-    rows = [it for it in items if it.seed == 0][:: max(1, args.prompts_per_task // 2)]
+    rows = [it for it in items if it.seed == args.first_seed][:: max(1, args.prompts_per_task // 2)]
     grid = comparison_grid([f"{it.caption} (seed {it.seed})" for it in rows], [g.label for g in shown],
                            [[images[g.label][it.index] for g in shown] for it in rows],
                            [[bool(results[g.label][it.index]) for g in shown] for it in rows])

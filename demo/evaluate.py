@@ -26,14 +26,14 @@ class Item:
     index: int  # position in the set
 
 
-def prompt_set(prompts_per_task: int, seeds: int, tasks: tuple[str, ...] = world.TASKS) -> list[Item]:
+def prompt_set(prompts_per_task: int, seeds: int, tasks: tuple[str, ...] = world.TASKS, first_seed: int = 0) -> list[Item]:
     """A fixed set: per task type, `prompts_per_task` captions spread over all its captions, × `seeds` seeds."""
     items = []
     for task in tasks:
         specs = world.all_specs(task)
         random.Random(f"prompts-{task}").shuffle(specs)
         chosen = [specs[i % len(specs)] for i in range(prompts_per_task)]
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             for slot, spec in enumerate(chosen):
                 items.append(Item(task, spec, world.caption_of(spec), seed, slot, len(items)))
     return items

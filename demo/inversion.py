@@ -33,8 +33,12 @@ def mean_ci(a: np.ndarray) -> tuple[float, float]:
 
 
 def inversion_check(model, guidances: list[Guidance], *, n: int = 48, steps: int = 20, seed: int = 0,
-                    progress=None) -> str:
-    """Invert n generator images (dense, no CFG), reconstruct with each operator, report error vs the original."""
+                    matched: bool = False, progress=None) -> str:
+    """Invert n generator images without CFG, reconstruct with each operator, report the error vs the original.
+
+    shared (matched=False): one latent from dense inversion, rebuilt by every operator (the paper's protocol).
+    matched: each operator inverts and rebuilds with itself (a round trip of one ODE).
+    """
     rng = random.Random(f"inversion-{seed}")
     specs, imgs = [], []
     for _ in range(n):
@@ -43,27 +47,32 @@ def inversion_check(model, guidances: list[Guidance], *, n: int = 48, steps: int
         imgs.append(img)
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (n, 3, S, S)
     ids = torch.tensor([world.tokenize(world.caption_of(s)) for s in specs])
-    z = invert(model, x, ids, steps=steps)
+    z_shared = invert(model, x, ids, steps=steps)
     if progress is not None:
         progress(1)
     x01 = (x + 1) / 2
     rows, per = [], {}
     for g in guidances:
-        rec = sample(model, ids, z, steps=steps, cfg_scale=1.0, guidance=None if g.method == "baseline" else g)
+        op = None if g.method == "baseline" else g
+        z = invert(model, x, ids, steps=steps, guidance=op) if matched and op is not None else z_shared
+        rec = sample(model, ids, z, steps=steps, cfg_scale=1.0, guidance=op)
         r01 = (rec + 1) / 2
         mse = ((r01 - x01) ** 2).mean(dim=(1, 2, 3))
         psnr = (-10 * torch.log10(mse.clamp_min(1e-10))).numpy()
         ss = ssim(r01, x01).numpy()
         u8 = ((r01 * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)).numpy()
         ok = np.array([score(s, im) for s, im in zip(specs, u8)])
-        per[g.label] = (psnr, ss)
-        rows.append((g.label, mean_ci(psnr), mean_ci(ss), int(ok.sum())))
+        label = "dense" if op is None else g.label
+        per[label] = (psnr, ss)
+        rows.append((label, mean_ci(psnr), mean_ci(ss), int(ok.sum())))
         if progress is not None:
             progress(1)
     width = max(len(r[0]) for r in rows) + 2
-    base = guidances[0].label
-    out = [f"DDIM inversion–reconstruction: {n} generator images, {steps} steps, inverted with dense attention "
-           f"and no CFG, rebuilt from the same latent with each operator (mean ± 95% CI; Δ paired vs {base})",
+    base = rows[0][0]
+    how = ("each operator inverts and rebuilds with itself" if matched else
+           "inverted once with dense attention, rebuilt from that latent with each operator")
+    out = [f"DDIM inversion–reconstruction: {n} generator images, {steps} steps, no CFG, {how} "
+           f"(mean ± 95% CI; Δ paired vs {base})",
            "operator".ljust(width) + "PSNR dB".ljust(16) + "SSIM".ljust(18) + "ΔPSNR".ljust(16) + "ΔSSIM".ljust(20)
            + "scorer ok"]
     for label, (p, pc), (s, sc), ok in rows:

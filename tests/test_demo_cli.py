@@ -27,11 +27,13 @@ def test_demo_runs_end_to_end_on_a_reduced_set(tmp_path, capsys):
     assert grid.width > 6 * 96 and grid.height > 96
 
 
-def test_inversion_check_runs(capsys):
-    rc = main(["--inversion", "--inversion-images", "3", "--steps", "2", "--no-pladis"])
+@pytest.mark.parametrize("mode", [[], ["--inversion-matched"]])
+def test_inversion_check_runs(capsys, mode):
+    rc = main(["--inversion", "--inversion-images", "3", "--steps", "2", "--no-pladis", *mode])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "PSNR" in out and "sparse α=1.5" in out and "GAG λ=5" in out
+    assert "PSNR" in out and "dense" in out and "sparse α=1.5" in out and "GAG λ=5" in out
+    assert ("inverts and rebuilds with itself" in out) == bool(mode)
 
 
 def test_bad_layer_subset_is_reported(capsys):
