@@ -92,9 +92,8 @@ def pladis_combine(o_sparse: torch.Tensor, o_dense: torch.Tensor, *, scale: floa
     """PLADIS: out = O_d + s·(O_s − O_d)."""
     _check_pair(o_sparse, o_dense)
     scale = check_scale(scale)
-    o_d = o_dense.to(o_sparse.dtype)
-    return torch.lerp(o_d, o_sparse, scale) if o_sparse.dtype not in _HALF else \
-        (o_d.float() + scale * (o_sparse.float() - o_d.float())).to(o_sparse.dtype)
+    o_s = o_sparse.float() if o_sparse.dtype in _HALF else o_sparse
+    return torch.lerp(o_dense.to(o_s.dtype), o_s, scale).to(o_sparse.dtype)  # lerp(a, b, s) = a + s(b − a)
 
 
 def gag_combine_reference(o_sparse: torch.Tensor, o_dense: torch.Tensor, *, scale: float, beta: float = 0.0,
