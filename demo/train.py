@@ -1,4 +1,4 @@
-"""Train the bundled model on the synthetic world on a CPU: python -m demo.train --steps 4000 --out demo/weights/tiny_t2i.safetensors"""
+"""Train the bundled model on the synthetic world on a CPU (the README gives the two commands that made the weights)."""
 from __future__ import annotations
 
 import argparse
