@@ -200,15 +200,6 @@ def _fast_probs(fn, z: torch.Tensor, iters: int):
     return compiled_or_eager(fn, z, iters, size_hint=z)
 
 
-def softmax_and_entmax(z: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softmax(z), α-entmax(z)) over the last dim from the same logits.
-
-    Two separate kernels on purpose: fusing both into one compiled function measured ~2× slower on CPU
-    than torch.softmax plus the compiled entmax alone.
-    """
-    return entmax(z, 1.0), entmax(z, alpha)
-
-
 def _entmax_forward(z: torch.Tensor, alpha: float) -> torch.Tensor:
     """α-entmax over the last dim of a float32/float64 tensor (no autograd)."""
     if alpha == 1.0:
