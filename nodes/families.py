@@ -1,4 +1,23 @@
-"""Which model families the nodes guide, recognised from ComfyUI's model classes by name (no ComfyUI import)."""
+"""Which model families the nodes guide: one `Family` row each, recognised by class name (no ComfyUI import).
+
+How to add a family (a row and a layout rule, never a new code path):
+1. Add a `Family(...)` row to `FAMILY_ROWS` below:
+   - `key`: its row in gag_core.presets.PRESETS (add that row too; `blocks` there uses the `kind` grammar);
+   - `kind`: the block grammar of nodes/blocks.py: "unet" (input / middle / output) or "mmdit" (double /
+     single); DiT families whose blocks set `block_type="double"` (Wan) or have no ids (LTX) use "mmdit";
+   - `layout`: the name of the routing rule in `routing.LAYOUTS` that picks the guided calls and their text
+     span: "unet" (UNet attn2), "mmdit" (joint [text | image | reference] or, with `text_order="last"`,
+     [image | text]), "cross" (DiT cross-attention: keys = the text only, e.g. Wan, LTX-Video);
+     a new layout is one function in routing.py registered in `routing.LAYOUTS`;
+   - `classes`: exact comfy.model_base class names (a subclass can change the layout: list it only when tested);
+   - `nets`: the diffusion network class names the model must carry (a BaseModel around another net is refused);
+   - `block_ids`: False when the host sets no block ids (SD3, LTX): the routed calls are counted instead;
+   - `text_order`: joint layouts only, "first" ([text | image]) or "last" ([image | text]).
+2. `GuidancePatch.pass_info` (nodes/patch.py) builds the per-pass facts (`routing.PassInfo`) from the row:
+   text length from `c_crossattn` (plus the net's `register_length`), image tokens from the latent and the
+   net's `patch_size`; a layout that needs another fact adds a PassInfo field with a default.
+3. Test it on a tiny model of the host's own classes (tests/test_comfyui_tiny.py, CONFIGS / EXPECTED_BLOCKS).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,48 +25,42 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Family:
-    """A guided family: its preset key, its attention layout ("unet" or "mmdit") and how to find its blocks."""
+    """A guided family: preset key, block grammar, routing layout, the classes that carry it."""
 
     key: str  # key of gag_core.presets.PRESETS
-    kind: str  # "unet": cross-attention attn2; "mmdit": joint attention [text | image | reference]
+    kind: str  # block grammar (nodes/blocks.py GROUPS): "unet" or "mmdit"
     label: str
-    block_ids: bool = True  # False: the host gives no block ids (SD3), joint calls are counted instead
+    block_ids: bool = True  # False: the host gives no block ids (SD3, LTX); routed calls are counted instead
+    layout: str = ""  # routing.LAYOUTS key; "" = same as kind ("unet" or "mmdit")
+    classes: tuple[str, ...] = ()  # comfy.model_base class names
+    nets: tuple[str, ...] = ()  # diffusion network class names
+    text_order: str = "first"  # joint layouts: text before ("first") or after ("last") the image tokens
+
+    @property
+    def rule(self) -> str:
+        """The routing layout this family uses."""
+        return self.layout or self.kind
 
 
-FAMILIES: dict[str, Family] = {
-    f.key: f
-    for f in (
-        Family("sd15", "unet", "SD 1.x / 2.x"),
-        Family("sdxl", "unet", "SDXL"),
-        Family("flux1", "mmdit", "FLUX.1"),
-        Family("flux2", "mmdit", "FLUX.2"),
-        Family("qwen_image", "mmdit", "Qwen-Image"),
-        Family("sd3", "mmdit", "SD3 / SD3.5", block_ids=False),
-    )
-}
+_UNET_NETS = ("UNetModel",)
 
-# comfy.model_base class name -> family key. Exact class names only: a subclass (a video, audio or edit
-# variant) can change the layout, so it is unsupported until it is tested.
-MODEL_CLASSES: dict[str, str] = {
-    "BaseModel": "sd15",
-    "SD15_instructpix2pix": "sd15",
-    "SDXL": "sdxl",
-    "SDXLRefiner": "sdxl",
-    "SDXL_instructpix2pix": "sdxl",
-    "Flux": "flux1",
-    "Flux2": "flux2",
-    "QwenImage": "qwen_image",
-    "SD3": "sd3",
-}
+FAMILY_ROWS: tuple[Family, ...] = (
+    Family("sd15", "unet", "SD 1.x / 2.x", classes=("BaseModel", "SD15_instructpix2pix"), nets=_UNET_NETS),
+    Family("sdxl", "unet", "SDXL", classes=("SDXL", "SDXLRefiner", "SDXL_instructpix2pix"), nets=_UNET_NETS),
+    Family("flux1", "mmdit", "FLUX.1", classes=("Flux",), nets=("Flux",)),
+    Family("flux2", "mmdit", "FLUX.2", classes=("Flux2",), nets=("Flux",)),
+    Family("qwen_image", "mmdit", "Qwen-Image", classes=("QwenImage",), nets=("QwenImageTransformer2DModel",)),
+    Family("sd3", "mmdit", "SD3 / SD3.5", block_ids=False, classes=("SD3",),
+           nets=("OpenAISignatureMMDITWrapper", "MMDiT")),
+)
 
-# The diffusion network each family must carry (class name), so a BaseModel around another net is refused.
-DIFFUSION_CLASSES: dict[str, tuple[str, ...]] = {
-    "unet": ("UNetModel",),
-    "flux1": ("Flux",),
-    "flux2": ("Flux",),
-    "qwen_image": ("QwenImageTransformer2DModel",),
-    "sd3": ("OpenAISignatureMMDITWrapper", "MMDiT"),
-}
+FAMILIES: dict[str, Family] = {f.key: f for f in FAMILY_ROWS}
+
+# comfy.model_base class name -> family key (derived from the rows).
+MODEL_CLASSES: dict[str, str] = {cls: f.key for f in FAMILY_ROWS for cls in f.classes}
+
+# family key -> the diffusion network class names it must carry (derived from the rows).
+DIFFUSION_CLASSES: dict[str, tuple[str, ...]] = {f.key: f.nets for f in FAMILY_ROWS}
 
 
 def detect_family(base_model) -> Family | None:
@@ -60,10 +73,14 @@ def detect_family(base_model) -> Family | None:
         return None
     family = FAMILIES[key]
     net = getattr(base_model, "diffusion_model", None)
-    wanted = DIFFUSION_CLASSES["unet" if family.kind == "unet" else key]
-    if net is None or type(net).__name__ not in wanted:
+    if net is None or type(net).__name__ not in family.nets:
         return None
     return family
+
+
+def supported_labels() -> str:
+    """The supported families for messages: 'SD 1.x / 2.x, SDXL, ...'."""
+    return ", ".join(f.label for f in FAMILY_ROWS)
 
 
 def describe_model(base_model) -> str:

@@ -28,7 +28,7 @@ from ..gag_core.presets import get_preset
 from . import telemetry
 from .attention_call import AttentionCall, bind_attention_call, mask_to_4d, output_from_bhld, output_to_bhld, to_bhld
 from .blocks import BlockSelection, parse_blocks
-from .families import Family, describe_model, detect_family
+from .families import Family, describe_model, detect_family, supported_labels
 from .routing import PassInfo, Route, image_token_count, in_window, route_call
 
 logger = logging.getLogger("comfyui_gag")
@@ -184,12 +184,13 @@ class GuidancePatch:
         if not isinstance(c_crossattn, torch.Tensor) or c_crossattn.ndim != 3 or c_crossattn.shape[1] == 0:
             return None
         text_len = int(c_crossattn.shape[1])
-        if s.family.kind == "unet":
+        family = s.family
+        if family.rule == "unet":
             return PassInfo("unet", text_len)
         net = getattr(base_model, "diffusion_model", None)
         text_len += int(getattr(net, "register_length", 0) or 0)  # SD3 register tokens precede the context
         tokens = image_token_count(x.shape, getattr(net, "patch_size", 1)) if isinstance(x, torch.Tensor) else 0
-        return PassInfo("mmdit", text_len, tokens, block_ids=s.family.block_ids)
+        return PassInfo(family.rule, text_len, tokens, block_ids=family.block_ids, text_order=family.text_order)
 
     def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
                  **kwargs):
@@ -211,8 +212,8 @@ def apply_guidance(model, *, method: str, scale: float, beta: float = 0.0, tau=1
     """A clone of ModelPatcher `model` that runs GAG / PLADIS; an unsupported model comes back unchanged."""
     family = detect_family(getattr(model, "model", None))
     if family is None:
-        logger.warning("[GAG] %s is not a supported model (SD1.5, SDXL, FLUX.1, FLUX.2, Qwen-Image, SD3); "
-                       "the model passes through unguided.", describe_model(getattr(model, "model", None)))
+        logger.warning("[GAG] %s is not a supported model (%s); the model passes through unguided.",
+                       describe_model(getattr(model, "model", None)), supported_labels())
         return model
     preset = get_preset(family.key)
     method = check_method(method)

@@ -1,17 +1,26 @@
-"""Which attention calls are guided: the per-pass facts (text length, image tokens, schedule) and the routing rule.
+"""Which attention calls are guided: the per-pass facts (`PassInfo`) and one routing rule per layout (`LAYOUTS`).
 
-UNet: only cross-attention (attn2, keys = text tokens) in selected blocks; ComfyUI says which block
-(`transformer_options["block"]`), and an attn2 patch pair marks the calls that run inside attn2.
-MMDiT: only the joint attention [text | image | reference] of selected blocks; the text span is
-[0, text_len) with text_len taken from the conditioning, and the sequence must hold at least the latent's
-image tokens after it. Reference latents (FLUX Kontext, Qwen-Image-Edit) come after the image: they are never
-taken for text, and their rows keep the dense output (`Route.guided_stop`), so the reference is read as without
-guidance.
+A family row (nodes/families.py) names its layout; `route_call` dispatches on `PassInfo.kind` (= that layout):
+- "unet": UNet cross-attention (attn2, keys = the text tokens) in selected blocks; ComfyUI says which block
+  (`transformer_options["block"]`) and an attn2 patch pair marks the calls that run inside attn2.
+- "mmdit": joint attention [text | image | reference] (`text_order="first"`) or [image | text] ("last") of
+  selected blocks. The text span comes from the conditioning (`text_len`) or, where the host gives it, from
+  `transformer_options["img_slice"]` (FLUX single blocks, Qwen-Image on 0.3x); the sequence must hold at least
+  the latent's image tokens next to it. Reference latents (FLUX Kontext, Qwen-Image-Edit) come after the image
+  (`transformer_options["reference_image_num_tokens"]` where the host gives it): never taken for text, their rows
+  keep the dense output (`Route.guided_stop`), so the reference is read as without guidance.
+- "cross": DiT cross-attention whose keys are the text only (Wan, LTX-Video): a call with `text_len` keys and
+  a query length other than the text's is the text cross-attention; self-attention (q and k lengths equal and
+  the block's first call), image-conditioning cross-attention (Wan I2V's 257 CLIP tokens: another key length)
+  and queries of another stream (`dense_query_lens`, LTX-2's audio) stay dense.
+Blocks: by the ids the host sets (`block_type` / `block_index`), or, for families without ids
+(`block_ids=False`), by counting the routed calls of the pass.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 from .blocks import BlockSelection
 
@@ -20,18 +29,21 @@ from .blocks import BlockSelection
 class PassInfo:
     """Facts of one model pass (one apply_model call), written by the APPLY_MODEL wrapper."""
 
-    kind: str  # "unet" or "mmdit"
-    text_len: int  # text tokens (keys of UNet cross-attention; text span of MMDiT joint attention)
-    image_tokens: int = 0  # tokens of the main latent (MMDiT), 0 when unknown
-    block_ids: bool = True  # False: count joint calls to number the blocks (SD3)
+    kind: str  # the layout (routing.LAYOUTS key): "unet", "mmdit" or "cross"
+    text_len: int  # text tokens (keys of cross-attention; text span of joint attention)
+    image_tokens: int = 0  # tokens of the main latent, 0 when unknown
+    block_ids: bool = True  # False: count the routed calls to number the blocks (SD3, LTX)
     in_cross: bool = False  # UNet: True between the attn2 patch and the attn2 output patch
-    joint_calls: int = 0  # MMDiT without block ids: joint calls seen so far in this pass
+    joint_calls: int = 0  # families without block ids: routed calls seen so far in this pass
+    text_order: str = "first"  # joint: text before ("first") or after ("last") the image tokens
+    dense_query_lens: tuple[int, ...] = ()  # cross: query lengths of streams that stay dense (LTX-2 audio)
+    block_calls: dict = field(default_factory=dict)  # cross: attention calls seen per block id
 
 
 @dataclass(frozen=True)
 class Route:
-    """A guided call: "cross" (UNet attn2) or "joint" (MMDiT) at `block`; for joint, the text span and the end
-    of the guided rows (rows from `guided_stop` on are reference tokens and keep the dense output)."""
+    """A guided call: "cross" (text keys only) or "joint" (MMDiT) at `block`; for joint, the text span and the
+    end of the guided rows (rows from `guided_stop` on are reference tokens and keep the dense output)."""
 
     kind: str
     block: tuple[str, int]
@@ -40,14 +52,16 @@ class Route:
 
 
 def image_token_count(latent_shape, patch_size) -> int:
-    """Tokens of a latent (B, C, H, W) or (B, C, T, H, W) after ⌈H/p⌉·⌈W/p⌉ patching (times T)."""
+    """Tokens of a latent (B, C, H, W) or (B, C, T, H, W) after ⌈H/p⌉·⌈W/p⌉ patching (times ⌈T/p_t⌉)."""
+    p_t = 1
     if isinstance(patch_size, (tuple, list)):
+        p_t = int(patch_size[0] or 1) if len(patch_size) == 3 else 1
         patch_size = patch_size[-1]
     p = max(int(patch_size or 1), 1)
     shape = tuple(latent_shape)
     if len(shape) < 4:
         return 0
-    frames = shape[2] if len(shape) == 5 else 1
+    frames = math.ceil(shape[2] / max(p_t, 1)) if len(shape) == 5 else 1
     return frames * math.ceil(shape[-2] / p) * math.ceil(shape[-1] / p)
 
 
@@ -56,30 +70,104 @@ def in_window(sigma: float, sigma_start: float, sigma_end: float) -> bool:
     return sigma_end <= sigma <= sigma_start
 
 
+def _host_block(info: PassInfo, transformer_options: dict) -> tuple[str, int] | None:
+    """The block id the host set (`block_type`, `block_index`), or the count of routed calls without ids."""
+    if info.block_ids:
+        group, index = transformer_options.get("block_type"), transformer_options.get("block_index")
+        if group is None or index is None:
+            return None
+        return str(group), int(index)
+    index = info.joint_calls
+    info.joint_calls += 1
+    return "double", index
+
+
+def _int_pair(value) -> tuple[int, int] | None:
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        try:
+            return int(value[0]), int(value[1])
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _reference_tokens(transformer_options: dict) -> int:
+    """Reference-latent tokens the host says it appended (FLUX Kontext, Qwen-Image-Edit on 0.3x), else 0."""
+    refs = transformer_options.get("reference_image_num_tokens")
+    if not isinstance(refs, (tuple, list)):
+        return 0
+    try:
+        return sum(int(r) for r in refs)
+    except (TypeError, ValueError):
+        return 0
+
+
+def route_unet(info: PassInfo, q_len: int, k_len: int, transformer_options: dict,
+               selection: BlockSelection) -> Route | None:
+    """UNet: attn2 calls whose keys are the text, in a selected `block`."""
+    if not info.in_cross or k_len != info.text_len:
+        return None
+    block = transformer_options.get("block")
+    if not (isinstance(block, (tuple, list)) and len(block) == 2):
+        return None
+    group, index = str(block[0]), int(block[1])
+    return Route("cross", (group, index)) if selection.contains(group, index) else None
+
+
+def route_joint(info: PassInfo, q_len: int, k_len: int, transformer_options: dict,
+                selection: BlockSelection) -> Route | None:
+    """Joint attention: [text | image | reference] or [image | text], image rows × text keys guided."""
+    if q_len != k_len:
+        return None
+    text_len = info.text_len
+    host = _int_pair(transformer_options.get("img_slice"))
+    if info.text_order == "first" and host is not None and host[1] == q_len and 0 < host[0] < q_len:
+        text_len = host[0]  # the host says where the image starts: [txt_len, total]
+    if q_len < text_len + max(info.image_tokens, 1):
+        return None
+    block = _host_block(info, transformer_options)
+    if block is None or not selection.contains(*block):
+        return None
+    refs = _reference_tokens(transformer_options)
+    if info.text_order == "last":
+        start = q_len - text_len
+        stop = info.image_tokens if info.image_tokens > 0 else start
+        return Route("joint", block, (start, q_len), min(stop, start))
+    if 0 < refs < q_len - text_len:
+        stop = q_len - refs
+    else:
+        stop = text_len + info.image_tokens if info.image_tokens > 0 else q_len
+    return Route("joint", block, (0, text_len), stop)
+
+
+def route_cross(info: PassInfo, q_len: int, k_len: int, transformer_options: dict,
+                selection: BlockSelection) -> Route | None:
+    """DiT cross-attention: keys = the `text_len` text tokens, queries = the latent's tokens."""
+    first = True
+    if info.block_ids:  # the host numbers its blocks: remember which block has had its self-attention
+        key = (transformer_options.get("block_type"), transformer_options.get("block_index"))
+        first = info.block_calls.get(key, 0) == 0
+        info.block_calls[key] = info.block_calls.get(key, 0) + 1
+    if k_len != info.text_len or q_len < max(info.image_tokens, 1):
+        return None
+    if q_len == k_len and (first or not info.block_ids):
+        return None  # q and k of one length: self-attention unless the block already ran it
+    if q_len in info.dense_query_lens and q_len != info.image_tokens:
+        return None  # another stream's queries (LTX-2 audio) keep the dense output
+    block = _host_block(info, transformer_options)
+    if block is None or not selection.contains(*block):
+        return None
+    return Route("cross", block)
+
+
+LayoutRule = Callable[[PassInfo, int, int, dict, BlockSelection], "Route | None"]
+LAYOUTS: dict[str, LayoutRule] = {"unet": route_unet, "mmdit": route_joint, "cross": route_cross}
+
+
 def route_call(info: PassInfo, q_len: int, k_len: int, transformer_options: dict,
                selection: BlockSelection) -> Route | None:
     """The Route of an attention call with `q_len` queries and `k_len` keys, or None to leave it dense."""
     if info.text_len <= 0:
         return None
-    if info.kind == "unet":
-        if not info.in_cross or k_len != info.text_len:
-            return None
-        block = transformer_options.get("block")
-        if not (isinstance(block, (tuple, list)) and len(block) == 2):
-            return None
-        group, index = str(block[0]), int(block[1])
-        return Route("cross", (group, index)) if selection.contains(group, index) else None
-    if info.kind != "mmdit" or q_len != k_len or q_len < info.text_len + max(info.image_tokens, 1):
-        return None
-    if info.block_ids:
-        group, index = transformer_options.get("block_type"), transformer_options.get("block_index")
-        if group is None or index is None:
-            return None
-        group, index = str(group), int(index)
-    else:
-        group, index = "double", info.joint_calls
-        info.joint_calls += 1
-    if not selection.contains(group, index):
-        return None
-    stop = info.text_len + info.image_tokens if info.image_tokens > 0 else q_len
-    return Route("joint", (group, index), (0, info.text_len), stop)
+    rule = LAYOUTS.get(info.kind)
+    return None if rule is None else rule(info, q_len, k_len, transformer_options, selection)
