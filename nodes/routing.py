@@ -38,6 +38,7 @@ class PassInfo:
     text_order: str = "first"  # joint: text before ("first") or after ("last") the image tokens
     dense_query_lens: tuple[int, ...] = ()  # cross: query lengths of streams that stay dense (LTX-2 audio)
     block_calls: dict = field(default_factory=dict)  # cross: attention calls seen per block id
+    routed: int = 0  # calls route_call sent to guidance in this pass (the run-level "nothing guided" check)
 
 
 @dataclass(frozen=True)
@@ -170,4 +171,7 @@ def route_call(info: PassInfo, q_len: int, k_len: int, transformer_options: dict
     if info.text_len <= 0:
         return None
     rule = LAYOUTS.get(info.kind)
-    return None if rule is None else rule(info, q_len, k_len, transformer_options, selection)
+    route = None if rule is None else rule(info, q_len, k_len, transformer_options, selection)
+    if route is not None:
+        info.routed += 1
+    return route
