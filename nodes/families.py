@@ -12,7 +12,12 @@ How to add a family (a row and a layout rule, never a new code path):
    - `classes`: exact comfy.model_base class names (a subclass can change the layout: list it only when tested);
    - `nets`: the diffusion network class names the model must carry (a BaseModel around another net is refused);
    - `block_ids`: False when the host sets no block ids (SD3, LTX): the routed calls are counted instead;
-   - `text_order`: joint layouts only, "first" ([text | image]) or "last" ([image | text]).
+   - `text_order`: joint layouts only, "first" ([text | image]) or "last" ([image | text]);
+   - `block_counts`: how to read the model's block numbers, so a typed `blocks` item that matches no block is
+     an error listing the real ones: pairs (group, attribute of the diffusion net whose len() is that group's
+     block count, numbered 0 … n−1 as the host's `block_index`), e.g. `(("double", "blocks"),)` for Wan, or a
+     callable(net) -> {group: block numbers} (`blocks.unet_attention_blocks`). Leave it empty when unsure:
+     any number is then accepted, and a sampling run that guides nothing logs a warning saying why.
 2. `GuidancePatch.pass_info` (nodes/patch.py) builds the per-pass facts (`routing.PassInfo`) from the row:
    text length from `c_crossattn` (plus the net's `register_length`), image tokens from the latent and the
    net's `patch_size`; a layout that needs another fact adds a PassInfo field with a default.
@@ -21,6 +26,9 @@ How to add a family (a row and a layout rule, never a new code path):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
+
+from .blocks import unet_attention_blocks
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,8 @@ class Family:
     classes: tuple[str, ...] = ()  # comfy.model_base class names
     nets: tuple[str, ...] = ()  # diffusion network class names
     text_order: str = "first"  # joint layouts: text before ("first") or after ("last") the image tokens
+    # ((group, net attribute whose len() is the count), ...) or callable(net) -> {group: numbers}; () = unknown
+    block_counts: tuple[tuple[str, str], ...] | Callable = ()
 
     @property
     def rule(self) -> str:
@@ -43,15 +53,19 @@ class Family:
 
 
 _UNET_NETS = ("UNetModel",)
+_FLUX_BLOCKS = (("double", "double_blocks"), ("single", "single_blocks"))
 
 FAMILY_ROWS: tuple[Family, ...] = (
-    Family("sd15", "unet", "SD 1.x / 2.x", classes=("BaseModel", "SD15_instructpix2pix"), nets=_UNET_NETS),
-    Family("sdxl", "unet", "SDXL", classes=("SDXL", "SDXLRefiner", "SDXL_instructpix2pix"), nets=_UNET_NETS),
-    Family("flux1", "mmdit", "FLUX.1", classes=("Flux",), nets=("Flux",)),
-    Family("flux2", "mmdit", "FLUX.2", classes=("Flux2",), nets=("Flux",)),
-    Family("qwen_image", "mmdit", "Qwen-Image", classes=("QwenImage",), nets=("QwenImageTransformer2DModel",)),
+    Family("sd15", "unet", "SD 1.x / 2.x", classes=("BaseModel", "SD15_instructpix2pix"), nets=_UNET_NETS,
+           block_counts=unet_attention_blocks),
+    Family("sdxl", "unet", "SDXL", classes=("SDXL", "SDXLRefiner", "SDXL_instructpix2pix"), nets=_UNET_NETS,
+           block_counts=unet_attention_blocks),
+    Family("flux1", "mmdit", "FLUX.1", classes=("Flux",), nets=("Flux",), block_counts=_FLUX_BLOCKS),
+    Family("flux2", "mmdit", "FLUX.2", classes=("Flux2",), nets=("Flux",), block_counts=_FLUX_BLOCKS),
+    Family("qwen_image", "mmdit", "Qwen-Image", classes=("QwenImage",), nets=("QwenImageTransformer2DModel",),
+           block_counts=(("double", "transformer_blocks"),)),
     Family("sd3", "mmdit", "SD3 / SD3.5", block_ids=False, classes=("SD3",),
-           nets=("OpenAISignatureMMDITWrapper", "MMDiT")),
+           nets=("OpenAISignatureMMDITWrapper", "MMDiT"), block_counts=(("double", "joint_blocks"),)),
 )
 
 FAMILIES: dict[str, Family] = {f.key: f for f in FAMILY_ROWS}
