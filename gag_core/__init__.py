@@ -5,6 +5,7 @@ from .attention import (
     dense_attention_with_lse,
     gag_attention,
     joint_gag_attention,
+    kernel_self_check_report,
     max_chunk_bytes,
     sparse_dense_attention,
 )
@@ -16,5 +17,5 @@ from .stats import GuidanceStats
 __all__ = [
     "DEFAULT_MAX_CHUNK_BYTES", "METHODS", "PRESETS", "GuidanceStats", "Preset", "dense_attention_with_lse",
     "entmax", "entmax_reference", "gag_attention", "gag_combine", "gag_combine_reference", "get_preset",
-    "joint_gag_attention", "max_chunk_bytes", "pladis_combine", "sparse_dense_attention",
+    "joint_gag_attention", "kernel_self_check_report", "max_chunk_bytes", "pladis_combine", "sparse_dense_attention",
 ]

@@ -1,98 +1,69 @@
 """Dense and sparse attention from the same logits, combined by the GAG or PLADIS rule.
 
-Cross-attention (UNet): z = q·kᵀ/√d, O_d = softmax(z)·v, O_s = α-entmax(z)·v, out = rule(O_s, O_d).
-Joint attention (MMDiT): only image-query × text-key weights change; each image row keeps its dense text mass
-m = Σ_text softmax(z), the text block becomes m·α-entmax(z_text), so O_s = O_d + m·(entmax − softmax)(z_text)·v_text.
+Cross-attention (UNet, video DiTs): z = q·kᵀ·scale, P_d = softmax(z), P_s = α-entmax(z) and
+    O_s = O_d + (P_s − P_d)·v,  out = rule(O_s, O_d),
+where O_d is the dense output the host's chain returns (another pack's override included) or P_d·v. With
+α = 1 (P_s = P_d) or λ = 0 under PLADIS the result is that O_d exactly.
+Joint attention (MMDiT, single stream): for every guided image row, z_t are its logits over the text keys only,
+    O_s^t = α-entmax(z_t)·v_t,  O_d^t = softmax(z_t)·v_t,  g = rule(O_s^t, O_d^t),
+    out = O_d + m·(g − O_d^t),
+with m = Σ_text softmax(z) the row's dense joint mass on the text keys (from the dense pass's log-sum-exp).
+So out − O_d lies in the span of the text values, and text rows, reference rows and image keys stay dense.
 Queries are processed in chunks so the working memory stays under `max_chunk_bytes` (default 256 MiB,
-`GAG_MAX_CHUNK_MB` overrides it) whatever the sequence length.
+`GAG_MAX_CHUNK_MB` overrides it) whatever the sequence length. On CUDA the fused Triton kernel
+(gag_core.kernels) runs instead, after checking itself once per class of call against this PyTorch path.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
+import time
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .combine import check_scale, check_tau, gag_combine, pladis_combine
-from .entmax import check_alpha, entmax
+from .combine import gag_combine, pladis_combine, rule_for_stats
+from .entmax import entmax
+from .validate import (ENV_DISABLE_TRITON, ENV_MAX_CHUNK_MB, ENV_TRITON_INTERPRET, HALF_DTYPES, METHODS,
+                       check_mask, check_params, check_qkv, check_range, check_softmax_scale)
 
-METHODS = ("gag", "pladis")
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
-_HALF = (torch.float16, torch.bfloat16)
+SELF_CHECK_ROWS = 8
+
+logger = logging.getLogger("gag_core")
 
 DenseFn = Callable[..., "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
+
+__all__ = ["DEFAULT_MAX_CHUNK_BYTES", "METHODS", "dense_attention_with_lse", "gag_attention", "joint_gag_attention",
+           "kernel_self_check_report", "max_chunk_bytes", "sparse_dense_attention"]
 
 
 def max_chunk_bytes() -> int:
     """The working-memory cap for one query chunk: GAG_MAX_CHUNK_MB (MiB) or 256 MiB."""
-    env = os.environ.get("GAG_MAX_CHUNK_MB")
+    env = os.environ.get(ENV_MAX_CHUNK_MB)
     if env:
         try:
             mb = float(env)
         except ValueError:
-            raise ValueError(f"GAG_MAX_CHUNK_MB must be a number of MiB, got {env!r}") from None
-        if mb <= 0:
-            raise ValueError(f"GAG_MAX_CHUNK_MB must be > 0, got {env!r}")
+            raise ValueError(f"{ENV_MAX_CHUNK_MB} must be a number of MiB, got {env[:40]!r}") from None
+        if not (mb > 0 and math.isfinite(mb)):
+            raise ValueError(f"{ENV_MAX_CHUNK_MB} must be > 0, got {env[:40]!r}")
         return int(mb * 2**20)
     return DEFAULT_MAX_CHUNK_BYTES
-
-
-# ----------------------------------------------------------------------------------------------- validation
-
-def _check_method(method) -> str:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return method
-
-
-def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D (B, H, L, D), got shape {tuple(t.shape)}")
-        if not torch.is_floating_point(t):
-            raise ValueError(f"{name} must be floating point, got dtype {t.dtype}")
-    if not (q.shape[0] == k.shape[0] == v.shape[0]):
-        raise ValueError(f"batch sizes differ: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if not (q.shape[1] == k.shape[1] == v.shape[1]):
-        raise ValueError(f"head counts differ: q has {q.shape[1]}, k {k.shape[1]}, v {v.shape[1]} heads")
-    if q.shape[3] != k.shape[3]:
-        raise ValueError(f"q and k head_dim differ: {q.shape[3]} vs {k.shape[3]}")
-    if k.shape[2] != v.shape[2]:
-        raise ValueError(f"k and v lengths differ: {k.shape[2]} vs {v.shape[2]}")
-
-
-def _check_mask(mask, b: int, h: int, n: int, m: int) -> torch.Tensor | None:
-    """Return the mask as a 4-D view broadcastable to (B, H, N, M), or None."""
-    if mask is None:
-        return None
-    if not isinstance(mask, torch.Tensor):
-        raise ValueError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
-    if mask.dim() > 4:
-        raise ValueError(f"mask must have at most 4 dims, got shape {tuple(mask.shape)}")
-    target = (b, h, n, m)
-    try:
-        ok = torch.broadcast_shapes(mask.shape, target) == torch.Size(target)
-    except RuntimeError:
-        ok = False
-    if not ok:
-        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to (B, H, N, M) = {target}")
-    if mask.dtype != torch.bool and not torch.is_floating_point(mask):
-        raise ValueError(f"mask must be bool (True = attend) or an additive float mask, got dtype {mask.dtype}")
-    return mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
-
-
-def _check_params(method, scale, beta, tau, alpha):
-    return _check_method(method), check_scale(scale), check_scale(beta, "beta"), check_tau(tau), check_alpha(alpha)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in _HALF else dtype
+    return torch.float32 if dtype in HALF_DTYPES else dtype
+
+
+def _expand_heads(q: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Grouped-query k or v (B, Hkv, M, D) repeated to q's H heads, head h reading kv head h // (H/Hkv)."""
+    rep = q.shape[1] // t.shape[1]
+    return t if rep == 1 else t.repeat_interleave(rep, dim=1)
 
 
 def _mask_rows(mask: torch.Tensor | None, a: int, b: int, c0: int = 0, c1: int | None = None):
@@ -113,13 +84,13 @@ def _apply_mask(z: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return z.add_(mask.to(z.dtype))
 
 
-def _scaled_keys(k: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """kᵀ/√d in `dtype`, formed once per call: scaling the few keys is cheaper than every query chunk.  # (B, H, D, M)"""
-    return (k.to(dtype) * k.shape[-1] ** -0.5).transpose(-1, -2)
+def _scaled_keys(k: torch.Tensor, dtype: torch.dtype, sm_scale: float) -> torch.Tensor:
+    """kᵀ·scale in `dtype`, formed once per call: scaling the few keys is cheaper than every query chunk.  # (B, H, D, M)"""
+    return (k.to(dtype) * sm_scale).transpose(-1, -2)
 
 
 def _logits(q: torch.Tensor, k_t: torch.Tensor, mask, dtype: torch.dtype) -> torch.Tensor:
-    """z = q·(kᵀ/√d) (+ mask) in `dtype`, from keys prepared by `_scaled_keys`.  # (B, H, n, M)"""
+    """z = q·(kᵀ·scale) (+ mask) in `dtype`, from keys prepared by `_scaled_keys`.  # (B, H, n, M)"""
     return _apply_mask(torch.matmul(q.to(dtype), k_t), mask)
 
 
@@ -128,10 +99,9 @@ def _chunk_rows(n: int, bytes_per_row: int, cap: int | None) -> int:
     return max(1, min(n, cap // max(bytes_per_row, 1)))
 
 
-def _combine(o_s, o_d, method, scale, beta, tau, stats):
+def _combine(o_s, o_d, rule, stats):
+    method, scale, beta, tau = rule
     if method == "pladis":
-        if stats is not None:  # O_d + s(O_s − O_d) = O_s + (s − 1)Δ: GAG with λ = s − 1, β = 1, no cap
-            return gag_combine(o_s, o_d, scale=scale - 1.0, beta=1.0, tau=None, stats=stats)
         return pladis_combine(o_s, o_d, scale=scale)
     return gag_combine(o_s, o_d, scale=scale, beta=beta, tau=tau, stats=stats)
 
@@ -148,163 +118,86 @@ def _call_dense(dense: DenseFn, q, k, v, mask, out_shape):
     return o_d, lse
 
 
-def _try_kernel(name: str, *args, **kwargs):
-    """Call the fused Triton kernel `name` from gag_core.kernels when present; None when it does not apply."""
-    if os.environ.get("GAG_DISABLE_TRITON") == "1":
-        return None
-    try:
-        from . import kernels
-    except ImportError:
-        return None
-    fn = getattr(kernels, name, None)
-    return None if fn is None else fn(*args, **kwargs)
-
-
-def _wants_kernel(q: torch.Tensor) -> bool:
-    return q.is_cuda or os.environ.get("GAG_TRITON_INTERPRET") == "1"
-
-
 # ----------------------------------------------------------------------------------------------- dense + lse
 
-def dense_attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None):
-    """O_d = softmax(q·kᵀ/√d + mask)·v and its row log-sum-exp, from PyTorch's fused kernels when possible."""
-    _check_qkv(q, k, v)
-    mask4 = _check_mask(mask, q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+def dense_attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None, *,
+                             softmax_scale: float | None = None):
+    """O_d = softmax(q·kᵀ·scale + mask)·v and its row log-sum-exp, from PyTorch's fused kernels when possible."""
+    check_qkv(q, k, v)
+    k, v = _expand_heads(q, k), _expand_heads(q, v)
+    sm = check_softmax_scale(softmax_scale, q.shape[-1])
+    mask4 = check_mask(mask, q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     bias = None
     if mask4 is not None:
         bias = mask4.to(q.dtype) if mask4.dtype != torch.bool else \
             torch.zeros((), dtype=q.dtype, device=q.device).masked_fill(~mask4, -math.inf)
+        bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     try:
         if q.device.type == "cpu":
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                q, k, v, 0.0, False, attn_mask=None if bias is None else bias.expand(
-                    q.shape[0], q.shape[1], q.shape[2], k.shape[2]))
+                q, k, v, 0.0, False, attn_mask=bias, scale=sm)
             if bool(torch.isfinite(lse).all()):
                 return out, lse.float()
         elif q.is_cuda:
-            res = torch.ops.aten._scaled_dot_product_efficient_attention(
-                q, k, v, None if bias is None else bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2]),
-                True)
+            res = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, True, scale=sm)
             return res[0], res[1][..., : q.shape[2]].float()
     except (RuntimeError, NotImplementedError, AttributeError, TypeError):
         pass
-    o_d = F.scaled_dot_product_attention(q, k, v, attn_mask=mask4)
-    return torch.nan_to_num(o_d), _row_lse(q, k, mask4, None)
+    o_d = F.scaled_dot_product_attention(q, k, v, attn_mask=mask4, scale=sm)
+    return torch.nan_to_num(o_d), _row_lse(q, k, mask4, None, sm)
 
 
-def _row_lse(q: torch.Tensor, k: torch.Tensor, mask4, cap: int | None) -> torch.Tensor:
+def _row_lse(q: torch.Tensor, k: torch.Tensor, mask4, cap: int | None, sm_scale: float) -> torch.Tensor:
     """Row log-sum-exp of the logits, in chunks.  # (B, H, N)"""
     b, h, n, _ = q.shape
     dtype = _compute_dtype(q.dtype)
     step = _chunk_rows(n, b * h * k.shape[2] * 4 * 2, cap)
     out = torch.empty(b, h, n, dtype=torch.float32, device=q.device)
-    k_t = _scaled_keys(k, dtype)
+    k_t = _scaled_keys(k, dtype, sm_scale)
     for a in range(0, n, step):
         e = min(n, a + step)
         out[:, :, a:e] = torch.logsumexp(_logits(q[:, :, a:e], k_t, _mask_rows(mask4, a, e), dtype), dim=-1)
     return out
 
 
-# ----------------------------------------------------------------------------------------------- public API
+# ----------------------------------------------------------------------------------------------- PyTorch paths
 
-def sparse_dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, alpha: float = 1.5,
-                           mask=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(O_s, O_d) = (α-entmax(z)·v, softmax(z)·v) from the same logits z = q·kᵀ/√d, unchunked."""
-    _check_qkv(q, k, v)
-    alpha = check_alpha(alpha)
-    mask4 = _check_mask(mask, q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    dtype = _compute_dtype(q.dtype)
-    z = _logits(q, _scaled_keys(k, dtype), mask4, dtype)
-    vv = v.to(dtype)
-    return (entmax(z, alpha) @ vv).to(q.dtype), (entmax(z, 1.0) @ vv).to(q.dtype)
-
-
-def gag_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, method: str = "gag", scale: float,
-                  beta: float = 0.0, tau: float | None = 15.0, alpha: float = 1.5, mask=None,
-                  dense: DenseFn | None = None, stats=None, max_chunk_bytes: int | None = None) -> torch.Tensor:
-    """Cross-attention with GAG (O_s + λ·c·G) or PLADIS (O_d + s·(O_s − O_d)).  q (B,H,N,D), k/v (B,H,M,D)."""
-    _check_qkv(q, k, v)
-    method, scale, beta, tau, alpha = _check_params(method, scale, beta, tau, alpha)
+def _cross_torch(q, k, v, mask4, o_d_full, rule, alpha, sm_scale, stats, cap) -> torch.Tensor:
+    """Cross-attention rows: O_s = O_d + (P_s − P_d)·v with O_d = o_d_full or P_d·v, then the rule."""
     b, h, n, _ = q.shape
     m, dv = k.shape[2], v.shape[3]
-    mask4 = _check_mask(mask, b, h, n, m)
-    out_shape = (b, h, n, dv)
-
-    o_d_full = None
-    if dense is not None:
-        o_d_full, _ = _call_dense(dense, q, k, v, mask, out_shape)
-    if _wants_kernel(q):
-        fused = _try_kernel("fused_cross_attention", q, k, v, method=method, scale=scale, beta=beta, tau=tau,
-                            alpha=alpha, mask=mask4, o_dense=o_d_full, stats=stats)
-        if fused is not None:
-            return fused
-
     dtype = _compute_dtype(q.dtype)
-    vv, k_t = v.to(dtype), _scaled_keys(k, dtype)
-    out = torch.empty(out_shape, dtype=q.dtype, device=q.device)
+    vv, k_t = v.to(dtype), _scaled_keys(k, dtype, sm_scale)
+    out = torch.empty((b, h, n, dv), dtype=q.dtype, device=q.device)
     # Working set per query row, measured (tests/test_attention.py): ~14 key-length rows (logits, both
     # probability rows, exponentials and entmax temporaries) and ~12 head_dim rows (outputs, rule temporaries).
-    step = _chunk_rows(n, b * h * (14 * m + 12 * dv) * torch.finfo(dtype).bits // 8, max_chunk_bytes)
+    step = _chunk_rows(n, b * h * (14 * m + 12 * dv) * torch.finfo(dtype).bits // 8, cap)
     for a in range(0, n, step):
         e = min(n, a + step)
         z = _logits(q[:, :, a:e], k_t, _mask_rows(mask4, a, e), dtype)  # (B, H, n, M)
-        if o_d_full is None:
-            # softmax = 1-entmax (fully masked rows → 0); fusing both into one compiled pass measured slower
-            o_s, o_d = entmax(z, alpha) @ vv, entmax(z, 1.0) @ vv  # (B, H, n, Dv)
-        else:
-            o_s, o_d = entmax(z, alpha) @ vv, o_d_full[:, :, a:e].to(dtype)
+        p_s, p_d = entmax(z, alpha), entmax(z, 1.0)  # softmax = 1-entmax (fully masked rows → 0)
         del z
-        out[:, :, a:e] = _combine(o_s, o_d, method, scale, beta, tau, stats)
+        if o_d_full is None:
+            o_d, o_s = p_d @ vv, p_s @ vv  # (B, H, n, Dv)
+        else:
+            o_d = o_d_full[:, :, a:e].to(dtype)
+            o_s = o_d + p_s.sub_(p_d) @ vv
+        out[:, :, a:e] = _combine(o_s, o_d, rule, stats)
     return out
 
 
-def _check_text_range(text_range, length: int) -> tuple[int, int]:
-    try:
-        s, e = (int(x) for x in text_range)
-    except (TypeError, ValueError):
-        raise ValueError(f"text_range must be a (start, stop) pair of ints, got {text_range!r}") from None
-    if not (0 <= s < e <= length):
-        raise ValueError(f"text_range {text_range!r} must satisfy 0 <= start < stop <= sequence length {length}")
-    return s, e
-
-
-def joint_gag_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, text_range, method: str = "gag",
-                        scale: float, beta: float = 0.0, tau: float | None = 15.0, alpha: float = 1.5, mask=None,
-                        dense: DenseFn | None = None, stats=None,
-                        max_chunk_bytes: int | None = None) -> torch.Tensor:
-    """MMDiT joint attention where only image rows × text keys are sparsified (dense text mass kept), then guided."""
-    _check_qkv(q, k, v)
-    method, scale, beta, tau, alpha = _check_params(method, scale, beta, tau, alpha)
+def _joint_torch(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm_scale, stats, cap) -> torch.Tensor:
+    """Joint-attention rows in `segments`: out = O_d + m·(rule(O_s^t, O_d^t) − O_d^t); other rows O_d."""
     b, h, n, _ = q.shape
     length, dv = k.shape[2], v.shape[3]
-    if n != length:
-        raise ValueError(f"joint attention needs q and k of the same length, got {n} and {length}")
-    s, e = _check_text_range(text_range, length)
-    mask4 = _check_mask(mask, b, h, n, length)
-    out_shape = (b, h, n, dv)
-
-    if dense is not None:
-        o_d, lse = _call_dense(dense, q, k, v, mask, out_shape)
-    else:
-        o_d, lse = dense_attention_with_lse(q, k, v, mask)
-    if s == 0 and e == n:  # no image tokens: nothing to guide
-        return o_d.to(q.dtype)
-
-    if _wants_kernel(q):
-        lse_full = lse if lse is not None else _row_lse(q, k, mask4, max_chunk_bytes)
-        fused = _try_kernel("fused_joint_attention", q, k, v, text_range=(s, e), lse=lse_full, o_dense=o_d,
-                            method=method, scale=scale, beta=beta, tau=tau, alpha=alpha, mask=mask4, stats=stats)
-        if fused is not None:
-            return fused
-
+    s, e = text
     dtype = _compute_dtype(q.dtype)
-    k_text, v_t = _scaled_keys(k[:, :, s:e], dtype), v[:, :, s:e].to(dtype)
-    k_all = _scaled_keys(k, dtype) if lse is None else None
+    k_text, v_t = _scaled_keys(k[:, :, s:e], dtype, sm_scale), v[:, :, s:e].to(dtype)
+    k_all = _scaled_keys(k, dtype, sm_scale) if lse is None else None
     out = o_d.to(q.dtype, copy=True)
-    m_t = e - s
-    row_bytes = b * h * (14 * m_t + 12 * dv + (2 * length if lse is None else 0)) * torch.finfo(dtype).bits // 8
-    step = _chunk_rows(n, row_bytes, max_chunk_bytes)
-    for seg_a, seg_e in ((0, s), (e, n)):  # image rows before and after the text span
+    row_bytes = b * h * (14 * (e - s) + 12 * dv + (2 * length if lse is None else 0)) * torch.finfo(dtype).bits // 8
+    step = _chunk_rows(n, row_bytes, cap)
+    for seg_a, seg_e in segments:
         for a in range(seg_a, seg_e, step):
             c = min(seg_e, a + step)
             if lse is None:
@@ -315,9 +208,201 @@ def joint_gag_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, te
             lse_t = torch.logsumexp(z_t, dim=-1, keepdim=True)
             # Dense text mass m of each row (0 where the row or its text block is fully masked).
             mass = torch.exp(lse_t - lse_c.unsqueeze(-1)).nan_to_num_(0.0).clamp_(max=1.0)
-            p_diff = entmax(z_t, alpha) - entmax(z_t, 1.0)
-            del z_t
-            o_d_c = o_d[:, :, a:c].to(dtype)
-            o_s_c = o_d_c + mass * (p_diff @ v_t)
-            out[:, :, a:c] = _combine(o_s_c, o_d_c, method, scale, beta, tau, stats)
+            p_s = entmax(z_t, alpha)
+            p_d = torch.exp(z_t.sub_(lse_t)).nan_to_num_(0.0)  # softmax over the text keys alone
+            o_s_t, o_d_t = p_s @ v_t, p_d @ v_t  # (B, H, n, Dv)
+            del z_t, p_s, p_d
+            g = _combine(o_s_t, o_d_t, rule, stats)
+            out[:, :, a:c] = (o_d[:, :, a:c].to(dtype) + mass * (g.to(dtype) - o_d_t)).to(q.dtype)
     return out
+
+
+# ----------------------------------------------------------------------------------------------- kernel, self-checked
+
+_trust: dict[tuple, bool] = {}  # kernel class -> passed its self-check (False: failed, PyTorch from then on)
+_check_log: list[dict] = []  # one entry per self-check run in this process (class, error, tolerance, seconds)
+# Relative error the kernel may show against the PyTorch path on the same call, per unit of (1 + |λ|):
+# 20× the largest seen in the interpreter on random calls (tests/test_kernels.py measures it).
+SELF_CHECK_RTOL = {torch.float32: 2e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1, torch.float64: 2e-4}
+
+
+def _kernels():
+    """gag_core.kernels when the fused path may run at all, else None."""
+    if os.environ.get(ENV_DISABLE_TRITON) == "1":
+        return None
+    try:
+        from . import kernels
+    except ImportError:
+        return None
+    return kernels
+
+
+def _wants_kernel(q: torch.Tensor) -> bool:
+    return q.is_cuda or os.environ.get(ENV_TRITON_INTERPRET) == "1"
+
+
+def _rel_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """max over rows of ‖got − ref‖ / max(‖ref‖, 1e-3·mean‖ref‖), in float32."""
+    got, ref = got.float(), ref.float()
+    num = (got - ref).norm(dim=-1)
+    den = ref.norm(dim=-1)
+    floor = max(float(den.mean()) * 1e-3, torch.finfo(torch.float32).tiny)
+    err = (num / den.clamp_min(floor)).max()
+    return float(err) if bool(torch.isfinite(err)) else math.inf
+
+
+def _self_checked(cls: tuple, run_slice_kernel, run_slice_torch, scale: float) -> bool:
+    """True when the kernel class `cls` may be trusted; the first call checks a slice of the real call."""
+    state = _trust.get(cls)
+    if state is not None:
+        return state
+    t0 = time.perf_counter()
+    try:
+        got = run_slice_kernel()
+    except Exception as exc:  # a launch that raises: PyTorch for this class from now on
+        _trust[cls] = False
+        logger.warning("[GAG] fused kernel %s failed its first launch (%s: %s); using the PyTorch path for this "
+                       "class of call from now on", cls, type(exc).__name__, str(exc)[:200])
+        return False
+    if got is None:  # the kernel does not apply to this call; nothing learnt about the class
+        return False
+    ref = run_slice_torch()
+    err = _rel_error(got, ref)
+    tol = SELF_CHECK_RTOL.get(ref.dtype, 1e-1) * (1.0 + abs(scale))
+    ok = err <= tol
+    _trust[cls] = ok
+    _check_log.append({"class": cls, "error": err, "tolerance": tol, "ok": ok, "seconds": time.perf_counter() - t0})
+    if not ok:
+        logger.warning("[GAG] fused kernel %s disagrees with the PyTorch path on its self-check (relative error "
+                       "%.3g > tolerance %.3g); using the PyTorch path for this class of call from now on",
+                       cls, err, tol)
+    return ok
+
+
+def kernel_self_check_report() -> list[dict]:
+    """The self-checks run in this process: kernel class, relative error, tolerance, verdict and seconds."""
+    return [dict(x) for x in _check_log]
+
+
+def _cross_kernel(q, k, v, mask4, o_d_full, rule, alpha, sm_scale, stats):
+    kernels = _kernels()
+    if kernels is None or not _wants_kernel(q):
+        return None
+    method, scale, beta, tau = rule
+    kw = dict(method=method, scale=scale, beta=beta, tau=tau, alpha=alpha, softmax_scale=sm_scale)
+    cls = ("cross", q.device.type, q.dtype, q.shape[-1], v.shape[-1], method, alpha, o_d_full is not None,
+           None if mask4 is None else mask4.dtype)
+    r = min(q.shape[2], SELF_CHECK_ROWS)
+    m_sl = _mask_rows(mask4, 0, r)
+    o_sl = None if o_d_full is None else o_d_full[:, :, :r]
+    if not _self_checked(
+            cls,
+            lambda: kernels.fused_cross_attention(q[:, :, :r], k, v, mask=m_sl, o_dense=o_sl, **kw),
+            lambda: _cross_torch(q[:, :, :r], k, v, m_sl, o_sl, rule, alpha, sm_scale, None, None), scale):
+        return None
+    return kernels.fused_cross_attention(q, k, v, mask=mask4, o_dense=o_d_full, stats=stats, **kw)
+
+
+def _joint_kernel(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm_scale, stats, cap):
+    kernels = _kernels()
+    if kernels is None or not _wants_kernel(q):
+        return None
+    if lse is None:
+        lse = _row_lse(q, k, mask4, cap, sm_scale)
+    method, scale, beta, tau = rule
+    kw = dict(method=method, scale=scale, beta=beta, tau=tau, alpha=alpha, softmax_scale=sm_scale, text_range=text)
+    cls = ("joint", q.device.type, q.dtype, q.shape[-1], v.shape[-1], method, alpha,
+           None if mask4 is None else mask4.dtype)
+    a = segments[0][0]
+    r = min(segments[0][1], a + SELF_CHECK_ROWS)
+    m_sl = _mask_rows(mask4, a, r)
+    sl = [(0, r - a)]
+    if not _self_checked(
+            cls,
+            lambda: kernels.fused_joint_attention(q[:, :, a:r], k, v, segments=sl, lse=lse[:, :, a:r],
+                                                  o_dense=o_d[:, :, a:r], mask=m_sl, **kw),
+            lambda: _joint_torch(q[:, :, a:r], k, v, m_sl, o_d[:, :, a:r], lse[:, :, a:r], text, sl, rule, alpha,
+                                 sm_scale, None, None), scale):
+        return None
+    return kernels.fused_joint_attention(q, k, v, segments=segments, lse=lse, o_dense=o_d, mask=mask4, stats=stats,
+                                         **kw)
+
+
+# ----------------------------------------------------------------------------------------------- public API
+
+def sparse_dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, alpha: float = 1.5,
+                           mask=None, softmax_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(O_s, O_d) = (α-entmax(z)·v, softmax(z)·v) from the same logits z = q·kᵀ·scale, unchunked."""
+    check_qkv(q, k, v)
+    _, _, _, _, alpha = check_params("gag", 0.0, 0.0, None, alpha)
+    k, v = _expand_heads(q, k), _expand_heads(q, v)
+    mask4 = check_mask(mask, q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    dtype = _compute_dtype(q.dtype)
+    z = _logits(q, _scaled_keys(k, dtype, check_softmax_scale(softmax_scale, q.shape[-1])), mask4, dtype)
+    vv = v.to(dtype)
+    return (entmax(z, alpha) @ vv).to(q.dtype), (entmax(z, 1.0) @ vv).to(q.dtype)
+
+
+def gag_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, method: str = "gag", scale: float,
+                  beta: float = 0.0, tau: float | None = 15.0, alpha: float = 1.5, mask=None,
+                  dense: DenseFn | None = None, stats=None, max_chunk_bytes: int | None = None,
+                  softmax_scale: float | None = None) -> torch.Tensor:
+    """Cross-attention with GAG (O_s + λ·c·G) or PLADIS (O_d + s·(O_s − O_d)), O_s = O_d + (P_s − P_d)·v.
+
+    q (B, H, N, D), k/v (B, Hkv, M, D) with H a multiple of Hkv; `dense(q, k, v, mask)` gives O_d (the host's
+    chain), else O_d = P_d·v; softmax_scale None = 1/√D.
+    """
+    check_qkv(q, k, v)
+    method, scale, beta, tau, alpha = check_params(method, scale, beta, tau, alpha)
+    sm = check_softmax_scale(softmax_scale, q.shape[-1])
+    k, v = _expand_heads(q, k), _expand_heads(q, v)
+    b, h, n, _ = q.shape
+    mask4 = check_mask(mask, b, h, n, k.shape[2])
+    o_d_full = None if dense is None else _call_dense(dense, q, k, v, mask, (b, h, n, v.shape[3]))[0]
+    rule = rule_for_stats(method, scale, beta, tau, stats)
+    fused = _cross_kernel(q, k, v, mask4, o_d_full, rule, alpha, sm, stats)
+    if fused is not None:
+        return fused
+    return _cross_torch(q, k, v, mask4, o_d_full, rule, alpha, sm, stats, max_chunk_bytes)
+
+
+def _guided_segments(guided_rows, text: tuple[int, int], n: int, length: int) -> list[tuple[int, int]]:
+    """The query row ranges that get guidance: `guided_rows` (default all) less the text rows when q is the
+    whole joint sequence."""
+    g0, g1 = (0, n) if guided_rows is None else check_range(guided_rows, n, "guided_rows", allow_empty=True)
+    if n != length:
+        return [(g0, g1)] if g1 > g0 else []
+    s, e = text
+    return [(a, c) for a, c in ((g0, min(g1, s)), (max(g0, e), g1)) if c > a]
+
+
+def joint_gag_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, text_range, method: str = "gag",
+                        scale: float, beta: float = 0.0, tau: float | None = 15.0, alpha: float = 1.5, mask=None,
+                        dense: DenseFn | None = None, stats=None, max_chunk_bytes: int | None = None,
+                        softmax_scale: float | None = None, guided_rows=None) -> torch.Tensor:
+    """Joint attention, image rows: out = O_d + m·(rule(O_s^t, O_d^t) − O_d^t) on the text keys `text_range`.
+
+    q (B, H, N, D), k/v (B, Hkv, L, D); text_range = (start, stop) key columns of the text; guided_rows =
+    (start, stop) query rows to guide (default: all, less the text rows when N = L); other rows keep O_d.
+    `dense(q, k, v, mask)` gives O_d or (O_d, lse) (the host's chain), else PyTorch's SDPA with its lse.
+    """
+    check_qkv(q, k, v)
+    method, scale, beta, tau, alpha = check_params(method, scale, beta, tau, alpha)
+    sm = check_softmax_scale(softmax_scale, q.shape[-1])
+    k, v = _expand_heads(q, k), _expand_heads(q, v)
+    b, h, n, _ = q.shape
+    length, dv = k.shape[2], v.shape[3]
+    text = check_range(text_range, length, "text_range")
+    segments = _guided_segments(guided_rows, text, n, length)
+    mask4 = check_mask(mask, b, h, n, length)
+    if dense is not None:
+        o_d, lse = _call_dense(dense, q, k, v, mask, (b, h, n, dv))
+    else:
+        o_d, lse = dense_attention_with_lse(q, k, v, mask4, softmax_scale=sm)
+    if not segments:  # no image rows: nothing to guide
+        return o_d.to(q.dtype)
+    rule = rule_for_stats(method, scale, beta, tau, stats)
+    fused = _joint_kernel(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm, stats, max_chunk_bytes)
+    if fused is not None:
+        return fused
+    return _joint_torch(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm, stats, max_chunk_bytes)

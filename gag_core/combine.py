@@ -6,37 +6,10 @@ PLADIS (arXiv 2503.07677): out = O_d + s·(O_s − O_d).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .entmax import compiled_or_eager
-
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def check_scale(scale, name: str = "scale") -> float:
-    """Validate a finite real guidance scale."""
-    try:
-        s = float(scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number, got {scale!r}") from None
-    if not math.isfinite(s):
-        raise ValueError(f"{name} must be finite, got {scale!r}")
-    return s
-
-
-def check_tau(tau) -> float | None:
-    """Validate τ ≥ 0; None or 0 means no cap (a zero cap would only switch guidance off; use scale 0)."""
-    if tau is None:
-        return None
-    try:
-        t = float(tau)
-    except (TypeError, ValueError):
-        raise ValueError(f"tau must be a non-negative number or None, got {tau!r}") from None
-    if math.isnan(t) or t < 0:
-        raise ValueError(f"tau must be >= 0 (0 or None = no cap), got {tau!r}")
-    return None if t == 0 or math.isinf(t) else t
+from .validate import HALF_DTYPES, check_scale, check_tau
 
 
 def _check_pair(o_sparse: torch.Tensor, o_dense: torch.Tensor) -> None:
@@ -77,7 +50,7 @@ def gag_combine(o_sparse: torch.Tensor, o_dense: torch.Tensor, *, scale: float, 
     _check_pair(o_sparse, o_dense)
     scale, beta, tau = check_scale(scale), check_scale(beta, "beta"), check_tau(tau)
     out_dtype = o_sparse.dtype
-    o_s = (o_sparse.float() if out_dtype in _HALF else o_sparse).movedim(dim, -1)
+    o_s = (o_sparse.float() if out_dtype in HALF_DTYPES else o_sparse).movedim(dim, -1)
     o_d = o_dense.to(o_s.dtype).movedim(dim, -1)
     params = [torch.tensor(x, dtype=o_s.dtype, device=o_s.device) for x in (scale, beta, tau or 0.0)]
     out, ns2, par_sq, delta_sq, g_norm, lc = compiled_or_eager(_gag_rule, o_s, o_d, *params, size_hint=o_s)
@@ -92,8 +65,15 @@ def pladis_combine(o_sparse: torch.Tensor, o_dense: torch.Tensor, *, scale: floa
     """PLADIS: out = O_d + s·(O_s − O_d)."""
     _check_pair(o_sparse, o_dense)
     scale = check_scale(scale)
-    o_s = o_sparse.float() if o_sparse.dtype in _HALF else o_sparse
+    o_s = o_sparse.float() if o_sparse.dtype in HALF_DTYPES else o_sparse
     return torch.lerp(o_dense.to(o_s.dtype), o_s, scale).to(o_sparse.dtype)  # lerp(a, b, s) = a + s(b − a)
+
+
+def rule_for_stats(method: str, scale: float, beta: float, tau, stats):
+    """(method, λ or s, β, τ) to run: PLADIS with statistics is GAG with λ = s − 1, β = 1, no cap (same output)."""
+    if method == "pladis" and stats is not None:  # O_d + s(O_s − O_d) = O_s + (s − 1)Δ
+        return "gag", scale - 1.0, 1.0, None
+    return method, scale, beta, tau
 
 
 def gag_combine_reference(o_sparse: torch.Tensor, o_dense: torch.Tensor, *, scale: float, beta: float = 0.0,

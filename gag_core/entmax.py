@@ -18,18 +18,7 @@ import warnings
 
 import torch
 
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def check_alpha(alpha) -> float:
-    """Validate α ∈ [1, 2] and return it as a float."""
-    try:
-        a = float(alpha)
-    except (TypeError, ValueError):
-        raise ValueError(f"alpha must be a number in [1, 2], got {alpha!r}") from None
-    if not (1.0 <= a <= 2.0):
-        raise ValueError(f"alpha must be in [1, 2], got {alpha!r}")
-    return a
+from .validate import HALF_DTYPES, check_alpha
 
 
 def _row_max(x: torch.Tensor) -> torch.Tensor:
@@ -252,7 +241,7 @@ def entmax(z: torch.Tensor, alpha: float = 1.5, dim: int = -1) -> torch.Tensor:
     if z.dim() == 0:
         raise ValueError("entmax needs at least one dimension, got a 0-d tensor")
     out_dtype = z.dtype
-    x = z.float() if z.dtype in _HALF else z
+    x = z.float() if z.dtype in HALF_DTYPES else z
     x = x.movedim(dim, -1)
     if x.shape[-1] == 0:
         return z.clone()
