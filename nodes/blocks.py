@@ -91,6 +91,15 @@ def describe_blocks(available: dict[str, Spans]) -> str:
     return ", ".join(parts) if parts else "none"
 
 
+def matches_any(selection: BlockSelection, available: dict[str, Spans]) -> bool:
+    """True when `selection` holds at least one of the model's blocks `available`."""
+    for name, spans in selection.groups:
+        have = available.get(name, ())
+        if have and (spans is None or _overlaps(spans, have)):
+            return True
+    return False
+
+
 def model_blocks(spec, net) -> dict[str, Spans] | None:
     """The guidable block numbers per group of diffusion network `net`, from a Family row's `block_counts`.
 

@@ -5,7 +5,9 @@ PLADIS node on the same model replaces an earlier one). For each model pass insi
 wrapper records the text length and latent size (`PassInfo`) and hands the model a shallow copy of
 transformer_options whose `optimized_attention_override` is a `GuidedAttention`. ComfyUI calls that for every
 attention; calls that `routing.route_call` does not select go straight on, the others get GAG or PLADIS with
-the dense output from the kernel ComfyUI chose.
+the dense output from the kernel ComfyUI chose. An OUTER_SAMPLE wrapper (`run_check.RunWatch`, same key) counts
+the guided calls of each sampling run and logs one warning, with the reason, when a run guided none. Inputs are
+checked first (`inputs.check_inputs`, `blocks.parse_blocks` against the model's own blocks).
 
 Chaining: an override that was already in transformer_options (NAG, SageAttention patches, ...) is kept and
 called in place of the raw kernel, for unguided calls and for the dense output of guided ones: GAG is the
@@ -22,20 +24,19 @@ from dataclasses import dataclass
 import torch
 
 from ..gag_core.attention import gag_attention, joint_gag_attention
-from ..gag_core.combine import check_scale, check_tau
-from ..gag_core.entmax import check_alpha
 from ..gag_core.presets import get_preset
 from . import telemetry
 from .attention_call import AttentionCall, bind_attention_call, mask_to_4d, output_from_bhld, output_to_bhld, to_bhld
-from .blocks import BlockSelection, parse_blocks
+from .blocks import BlockSelection, describe_blocks, matches_any, model_blocks, parse_blocks
 from .families import Family, describe_model, detect_family, supported_labels
+from .inputs import METHODS, check_inputs
 from .routing import PassInfo, Route, image_token_count, in_window, route_call
+from .run_check import OUTER_SAMPLE, RunWatch
 
 logger = logging.getLogger("comfyui_gag")
 
 APPLY_MODEL = "apply_model"  # comfy.patcher_extension.WrappersMP.APPLY_MODEL
 WRAPPER_KEY = "comfyui_gag"
-METHODS = ("gag", "pladis")
 # Set COMFYUI_GAG_STRICT=1 (the tests do) to raise errors inside guided attention instead of falling back.
 STRICT = os.environ.get("COMFYUI_GAG_STRICT") == "1"
 
@@ -63,27 +64,6 @@ class GuidanceSettings:
     sigma_start: float
     sigma_end: float
     node_key: str | None = None
-
-
-def check_percents(start_percent, end_percent) -> tuple[float, float]:
-    """Validate 0 ≤ start_percent ≤ end_percent ≤ 1."""
-    try:
-        s, e = float(start_percent), float(end_percent)
-    except (TypeError, ValueError):
-        raise ValueError(f"start_percent and end_percent must be numbers, got {start_percent!r}, {end_percent!r}") \
-            from None
-    if not (0.0 <= s <= 1.0 and 0.0 <= e <= 1.0):
-        raise ValueError(f"start_percent and end_percent must lie in [0, 1], got {start_percent!r}, {end_percent!r}")
-    if s > e:
-        raise ValueError(f"start_percent {start_percent!r} must not exceed end_percent {end_percent!r}")
-    return s, e
-
-
-def check_method(method) -> str:
-    """Validate the method name."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return method
 
 
 class GuidedAttention:
@@ -174,6 +154,7 @@ class GuidancePatch:
 
     def __init__(self, settings: GuidanceSettings):
         self.settings = settings
+        self.tally = None  # the running sampling run's RunTally, set by RunWatch (nodes/run_check.py)
 
     def pass_info(self, x, t, c_crossattn, base_model) -> PassInfo | None:
         """The PassInfo of this pass, or None when it runs unguided (outside the window, no text)."""
@@ -196,6 +177,11 @@ class GuidancePatch:
                  **kwargs):
         transformer_options = {} if transformer_options is None else transformer_options
         info = self.pass_info(x, t, c_crossattn, getattr(executor, "class_obj", None))
+        tally = self.tally
+        if tally is not None:
+            sigma = _sigma_of(t)
+            tally.saw_pass(sigma, sigma is not None and in_window(sigma, self.settings.sigma_start,
+                                                                  self.settings.sigma_end), info)
         if info is None:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         options = dict(transformer_options)
@@ -203,23 +189,30 @@ class GuidancePatch:
             self.settings, info, transformer_options.get("optimized_attention_override"))
         if info.kind == "unet":
             options["patches"] = _with_cross_markers(transformer_options.get("patches"), info)
-        return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
+        out = executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
+        if tally is not None:
+            tally.routed += getattr(info, "routed", 0)
+        return out
 
 
 def apply_guidance(model, *, method: str, scale: float, beta: float = 0.0, tau=15.0, alpha: float = 1.5,
                    start_percent: float = 0.0, end_percent: float = 1.0, blocks: str = "auto",
                    node_key: str | None = None):
     """A clone of ModelPatcher `model` that runs GAG / PLADIS; an unsupported model comes back unchanged."""
+    checked = check_inputs(method, scale, beta, tau, alpha, start_percent, end_percent)  # before any family
+    method, scale, beta, tau, alpha = checked.method, checked.scale, checked.beta, checked.tau, checked.alpha
+    start, end = checked.start, checked.end
     family = detect_family(getattr(model, "model", None))
     if family is None:
         logger.warning("[GAG] %s is not a supported model (%s); the model passes through unguided.",
                        describe_model(getattr(model, "model", None)), supported_labels())
         return model
     preset = get_preset(family.key)
-    method = check_method(method)
-    scale, beta, tau, alpha = check_scale(scale), check_scale(beta, "beta"), check_tau(tau), check_alpha(alpha)
-    start, end = check_percents(start_percent, end_percent)
-    selection = parse_blocks(blocks, family.kind, preset.blocks)
+    available = model_blocks(family.block_counts, getattr(model.model, "diffusion_model", None))
+    selection = parse_blocks(blocks, family.kind, preset.blocks, available)  # typed items checked against it
+    if available is not None and not matches_any(selection, available):
+        logger.warning("[GAG] blocks %r match none of this %s model's blocks (%s): nothing will be guided.",
+                       selection.describe(), family.label, describe_blocks(available))
     sampling = model.get_model_object("model_sampling")
     sigma_start, sigma_end = float(sampling.percent_to_sigma(start)), float(sampling.percent_to_sigma(end))
     if start <= 0.0:
@@ -230,7 +223,10 @@ def apply_guidance(model, *, method: str, scale: float, beta: float = 0.0, tau=1
                                 None if node_key is None else str(node_key))
     patched = model.clone()
     patched.remove_wrappers_with_key(APPLY_MODEL, WRAPPER_KEY)
-    patched.add_wrapper_with_key(APPLY_MODEL, WRAPPER_KEY, GuidancePatch(settings))
+    patched.remove_wrappers_with_key(OUTER_SAMPLE, WRAPPER_KEY)
+    guidance = GuidancePatch(settings)
+    patched.add_wrapper_with_key(APPLY_MODEL, WRAPPER_KEY, guidance)
+    patched.add_wrapper_with_key(OUTER_SAMPLE, WRAPPER_KEY, RunWatch(guidance, start, end, available))
     telemetry.attach(patched, settings.node_key)  # per-step statistics for the web chart (no-op unless shown)
     rule = f"lambda={scale:g}, beta={beta:g}, tau={tau}" if method == "gag" else f"s={scale:g}"
     logger.info("[GAG] %s on %s: %s, alpha=%g, blocks %s, percent %g-%g", method.upper(), family.label, rule,
