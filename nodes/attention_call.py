@@ -5,6 +5,12 @@ Every ComfyUI kernel (pytorch, sage, flash, xformers, sub-quadratic, split, basi
 but the first names differ (sub-quadratic says query/key/value), so the call is bound by position first.
 Layouts: skip_reshape=True gives q, k, v as (B, H, L, D); otherwise (B, L, H·D) (SD3's v is (B, L, H, D)).
 The output is (B, L, H·D), or (B, H, L, D) when skip_output_reshape=True.
+
+Newer hosts (0.3x `wrap_attn`) may add keywords: `scale` (a custom softmax scale, None = 1/√D), `enable_gqa`
+(k/v with H_kv < H heads, H % H_kv == 0: grouped-query attention), `low_precision_attention` and others; they
+are bound here (scale, GQA head count) and every keyword still reaches the dense call untouched. q/k/v may be
+`AttentionTensorContainer`s on such hosts; `wrap_attn` unwraps them for an override without a
+`container_function` (GuidedAttention has none), and a call that still holds one is not bound (runs unguided).
 """
 from __future__ import annotations
 
@@ -30,6 +36,28 @@ class AttentionCall:
     transformer_options: dict
     args: tuple
     kwargs: dict
+    softmax_scale: float | None = None  # the host's `scale` keyword; None = 1/√D
+    kv_heads: int = 0  # heads of k and v (< heads with grouped-query attention); 0 = heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.q.shape[-1] if self.skip_reshape else self.q.shape[-1] // self.heads
+
+    def q_bhld(self) -> torch.Tensor:
+        """q as (B, H, N, D)."""  # (B, H, N, D)
+        return to_bhld(self.q, self.heads, self.skip_reshape)
+
+    def k_bhld(self) -> torch.Tensor:
+        """k as (B, H_kv, M, D)."""  # (B, H_kv, M, D)
+        return to_bhld(self.k, self.kv_heads or self.heads, self.skip_reshape)
+
+    def v_bhld(self) -> torch.Tensor:
+        """v as (B, H_kv, M, Dv)."""  # (B, H_kv, M, Dv)
+        return to_bhld(self.v, self.kv_heads or self.heads, self.skip_reshape)
+
+    def gag_options(self) -> dict:
+        """Keywords for gag_core beyond the rule: the host's softmax scale when it gave one."""
+        return {} if self.softmax_scale is None else {"softmax_scale": self.softmax_scale}
 
     @property
     def batch(self) -> int:
@@ -60,17 +88,50 @@ def bind_attention_call(args: tuple, kwargs: dict) -> AttentionCall | None:
         return None
     if heads <= 0:
         return None
+    scale = bound.get("scale")
+    if scale is not None:
+        try:
+            scale = float(scale)
+        except (TypeError, ValueError):
+            return None
+    skip_reshape = bool(bound.get("skip_reshape", False))
+    kv_heads = _kv_heads(q, k, v, heads, skip_reshape)
+    if kv_heads is None:
+        return None
     return AttentionCall(
         q=q, k=k, v=v, heads=heads, mask=bound.get("mask"),
-        skip_reshape=bool(bound.get("skip_reshape", False)),
+        skip_reshape=skip_reshape,
         skip_output_reshape=bool(bound.get("skip_output_reshape", False)),
         transformer_options=kwargs.get("transformer_options") or {},
-        args=tuple(args), kwargs=dict(kwargs),
+        args=tuple(args), kwargs=dict(kwargs), softmax_scale=scale, kv_heads=kv_heads,
     )
 
 
+def _kv_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, skip_reshape: bool) -> int | None:
+    """Heads of k/v: `heads`, or fewer (grouped-query attention) dividing it; None when the shapes do not fit."""
+    if q.ndim < 3 or k.ndim < 3 or v.ndim < 3:
+        return None
+    if skip_reshape:
+        if q.ndim != 4 or k.ndim != 4 or v.ndim != 4 or q.shape[1] != heads:
+            return None
+        kv = k.shape[1]
+        return kv if kv > 0 and heads % kv == 0 and v.shape[1] == kv else None
+    if q.shape[-1] % heads:
+        return None
+    d = q.shape[-1] // heads
+    if k.ndim != 3 or k.shape[-1] % d:
+        return None
+    kv = k.shape[-1] // d
+    if kv <= 0 or heads % kv:
+        return None
+    if v.ndim == 4:  # SD3: v as (B, L, H, D)
+        return kv if v.shape[2] == kv else None
+    return kv if v.shape[-1] % kv == 0 else None
+
+
 def to_bhld(t: torch.Tensor, heads: int, skip_reshape: bool) -> torch.Tensor:
-    """An input tensor in (B, H, L, D): as given when skip_reshape, else from (B, L, H·D) or (B, L, H, D)."""
+    """An input tensor in (B, H, L, D): as given when skip_reshape, else from (B, L, H·D) or (B, L, H, D);
+    `heads` is the tensor's own head count (H_kv for k and v under grouped-query attention)."""
     if skip_reshape:
         return t
     return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)

@@ -26,7 +26,7 @@ import torch
 from ..gag_core.attention import gag_attention, joint_gag_attention
 from ..gag_core.presets import get_preset
 from . import telemetry
-from .attention_call import AttentionCall, bind_attention_call, mask_to_4d, output_from_bhld, output_to_bhld, to_bhld
+from .attention_call import AttentionCall, bind_attention_call, mask_to_4d, output_from_bhld, output_to_bhld
 from .blocks import BlockSelection, describe_blocks, matches_any, model_blocks, parse_blocks
 from .families import Family, describe_model, detect_family, supported_labels
 from .inputs import METHODS, check_inputs
@@ -100,9 +100,7 @@ class GuidedAttention:
         """GAG / PLADIS on one call; the dense output is the one ComfyUI's own call would have returned."""
         s = self.settings
         heads = call.heads
-        q = to_bhld(call.q, heads, call.skip_reshape)  # (B, H, N, D)
-        k = to_bhld(call.k, heads, call.skip_reshape)  # (B, H, M, D)
-        v = to_bhld(call.v, heads, call.skip_reshape)  # (B, H, M, Dv)
+        q, k, v = call.q_bhld(), call.k_bhld(), call.v_bhld()  # (B, H, N, D), (B, H_kv, M, D), (B, H_kv, M, Dv)
 
         dense_out = []
 
@@ -113,7 +111,7 @@ class GuidedAttention:
 
         options = dict(method=s.method, scale=s.scale, beta=s.beta, tau=s.tau, alpha=s.alpha,
                        mask=mask_to_4d(call.mask), dense=dense,
-                       stats=telemetry.stats_for(s.node_key, call.transformer_options))
+                       stats=telemetry.stats_for(s.node_key, call.transformer_options), **call.gag_options())
         if route.kind == "cross":
             out = gag_attention(q, k, v, **options)
         else:
