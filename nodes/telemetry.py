@@ -28,6 +28,31 @@ logger = logging.getLogger("comfyui_gag")
 EVENT = "comfyui_gag.stats"  # websocket message type the web extension listens to
 MAX_NODES_PER_CLIENT = 256
 MAX_NODE_ID_CHARS = 128
+MAX_CLIENT_ID_CHARS = 256  # ComfyUI's client ids are 32 hex characters
+MAX_CLIENTS = 64  # pages subscribed at once; disconnected ones are dropped first when it is reached
+_QUOTE = 60
+
+
+class TooManyClients(ValueError):
+    """Every subscription slot is taken by a connected page (the route answers 429)."""
+
+
+def quote(value, limit: int = _QUOTE) -> str:
+    """repr(value) cut to `limit` characters: a rejection never echoes unbounded input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}...({len(text)} chars)"
+
+
+def check_client_id(client_id) -> str:
+    """A non-empty string of at most MAX_CLIENT_ID_CHARS characters, with a message that says what is wrong."""
+    if not isinstance(client_id, str):
+        raise ValueError(f"client_id must be a string, got {quote(client_id)} ({type(client_id).__name__})")
+    if not client_id:
+        raise ValueError("client_id is empty ('')")
+    if len(client_id) > MAX_CLIENT_ID_CHARS:
+        raise ValueError(f"client_id is {len(client_id):,} characters long (at most {MAX_CLIENT_ID_CHARS}): "
+                         f"{quote(client_id)}")
+    return client_id
 
 
 @dataclass
@@ -79,16 +104,22 @@ def _finite(x):
 def check_node_ids(nodes) -> frozenset[str]:
     """Validate a list of node ids (str or int, e.g. "12" or "5:3" inside a subgraph) into a set of strings."""
     if not isinstance(nodes, (list, tuple)):
-        raise ValueError(f"nodes must be a list of node ids, got {nodes!r}")
+        raise ValueError(f"nodes must be a list of node ids, got {quote(nodes)}")
     if len(nodes) > MAX_NODES_PER_CLIENT:
         raise ValueError(f"at most {MAX_NODES_PER_CLIENT} node ids, got {len(nodes)}")
     out = set()
     for n in nodes:
         if isinstance(n, bool) or not isinstance(n, (str, int)):
-            raise ValueError(f"node id must be a string or an integer, got {n!r}")
+            raise ValueError(f"node id must be a string or an integer, got {quote(n)}")
+        if isinstance(n, int) and n.bit_length() > 4 * MAX_NODE_ID_CHARS:  # str() of it would be too long
+            raise ValueError(f"node id is an integer of {n.bit_length()} bits (at most {MAX_NODE_ID_CHARS} digits)")
         s = str(n)
-        if not s or len(s) > MAX_NODE_ID_CHARS or not all(ch.isalnum() or ch in ":_-" for ch in s):
-            raise ValueError(f"malformed node id {n!r}")
+        if not s:
+            raise ValueError("node id is empty ('')")
+        if len(s) > MAX_NODE_ID_CHARS:
+            raise ValueError(f"node id {quote(n)} is too long (at most {MAX_NODE_ID_CHARS} characters)")
+        if not all(ch.isalnum() or ch in ":_-" for ch in s):
+            raise ValueError(f"malformed node id {quote(n)}: only letters, digits and ':_-' occur in node ids")
         out.add(s)
     return frozenset(out)
 
@@ -109,16 +140,33 @@ class Telemetry:
 
     def subscribe(self, client_id: str, nodes) -> frozenset[str]:
         """Set the node ids whose statistics `client_id` wants (an empty list unsubscribes)."""
-        if not isinstance(client_id, str) or not client_id or len(client_id) > 256:
-            raise ValueError(f"client_id must be a non-empty string, got {client_id!r}")
+        check_client_id(client_id)
         ids = check_node_ids(nodes)
         with self._lock:
+            if ids and client_id not in self._clients and len(self._clients) >= MAX_CLIENTS:
+                self._drop_disconnected()
+                if len(self._clients) >= MAX_CLIENTS:
+                    raise TooManyClients(f"{MAX_CLIENTS} pages already show GAG charts; close one (or reload "
+                                         "the pages that are gone) and try again")
             if ids:
                 self._clients[client_id] = ids
             else:
                 self._clients.pop(client_id, None)
             self._recompute()
         return ids
+
+    def _drop_disconnected(self) -> None:
+        """Forget subscribers whose page is gone (lock held)."""
+        if self.connected is None:
+            return
+        for client in [c for c in self._clients if not self._is_connected(c)]:
+            self._clients.pop(client, None)
+
+    def _is_connected(self, client: str) -> bool:
+        try:
+            return bool(self.connected(client))
+        except Exception:
+            return True
 
     def drop_client(self, client_id: str) -> None:
         with self._lock:

@@ -4,6 +4,8 @@
     GET  /gag/telemetry  -> {"event", "nodes": [node ids some page shows a chart for]}
     POST /gag/telemetry  <- {"client_id": api.clientId, "nodes": ["12", "5:3", ...]}  (an empty list = none)
 
+A POST body is read up to 64 KiB (413 beyond), a client id up to 256 characters, at most 64 pages subscribe at
+once (429 when every slot holds a connected page); a rejection says what is wrong without echoing the input.
 (ComfyUI also serves every route under /api.) The preset values come from gag_core.presets.PRESETS only; "nodes"
 says which widget of each node type a preset field sets, so the page duplicates no table. `register` plugs
 the server into nodes.telemetry; outside a running server (tests, scripts) it does nothing.
@@ -11,6 +13,7 @@ the server into nodes.telemetry; outside a running server (tests, scripts) it do
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import sys
 
@@ -21,6 +24,7 @@ from . import telemetry
 logger = logging.getLogger("comfyui_gag")
 
 API_VERSION = 1
+MAX_BODY_BYTES = 64 * 1024  # a subscription is ≤ 256 ids of ≤ 128 characters: far below this
 PRESET_ROUTE = "/gag/presets"
 TELEMETRY_ROUTE = "/gag/telemetry"
 
@@ -62,11 +66,17 @@ def presets_payload() -> dict:
 def parse_subscription(body) -> tuple[str, list]:
     """(client_id, nodes) from a POST body, with a ValueError quoting what is wrong."""
     if not isinstance(body, dict):
-        raise ValueError(f"expected a JSON object, got {body!r}")
+        raise ValueError(f"expected a JSON object, got {telemetry.quote(body)}")
     client_id, nodes = body.get("client_id"), body.get("nodes", [])
-    if not isinstance(client_id, str) or not client_id:
-        raise ValueError(f"client_id must be a non-empty string, got {client_id!r}")
-    return client_id, nodes
+    return telemetry.check_client_id(client_id), nodes
+
+
+async def read_body(request) -> bytes | None:
+    """The request body, or None when it is longer than MAX_BODY_BYTES (read no further than that)."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return None
+    data = await request.content.read(MAX_BODY_BYTES + 1)
+    return None if len(data) > MAX_BODY_BYTES else data
 
 
 def _prompt_id():
@@ -98,13 +108,18 @@ def register(server=None) -> bool:
 
     @server.routes.post(TELEMETRY_ROUTE)
     async def post_telemetry(request):
+        data = await read_body(request)
+        if data is None:
+            return web.json_response({"error": f"body is larger than {MAX_BODY_BYTES // 1024} KiB"}, status=413)
         try:
-            body = await request.json()
-        except Exception:
+            body = json.loads(data)
+        except (ValueError, RecursionError):  # also a number too long for int() and too deep nesting
             return web.json_response({"error": "body is not JSON"}, status=400)
         try:
             client_id, nodes = parse_subscription(body)
             ids = telemetry.TELEMETRY.subscribe(client_id, nodes)
+        except telemetry.TooManyClients as e:
+            return web.json_response({"error": str(e)}, status=429)
         except ValueError as e:
             return web.json_response({"error": str(e)}, status=400)
         return web.json_response({"event": telemetry.EVENT, "nodes": sorted(ids)})

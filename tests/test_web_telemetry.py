@@ -350,3 +350,97 @@ def test_routes_on_a_fake_prompt_server(monkeypatch):
 
     asyncio.run(scenario())
     assert sent == []
+
+
+# ----------------------------------------------------------------------------------------------- caps (issue 15)
+
+@pytest.mark.parametrize("client, fragment", [
+    ("c" * 257, "257 characters long (at most 256)"),
+    ("c" * 1_000_000, "1,000,000 characters long"),
+    ("", "empty"),
+    (["page"], "must be a string"),
+])
+def test_client_id_rejections_say_the_real_reason_and_stay_short(tel, client, fragment):
+    for call in (lambda: tel.subscribe(client, ["1"]), lambda: web_routes.parse_subscription({"client_id": client})):
+        with pytest.raises(ValueError) as e:
+            call()
+        assert fragment in str(e.value) and len(str(e.value)) < 200
+        assert "non-empty string" not in str(e.value)
+    assert tel.wanted == frozenset()
+
+
+@pytest.mark.parametrize("nodes, fragment", [
+    (["7" * 1_000_000], "too long (at most 128 characters)"),
+    ([10 ** 5000], "at most 128 digits"),
+    (["<" * 100], "malformed node id"),
+    ("x" * 1_000_000, "must be a list"),
+    ([""], "empty"),
+])
+def test_node_id_rejections_never_echo_unbounded_input(tel, nodes, fragment):
+    with pytest.raises(ValueError) as e:
+        tel.subscribe("page", nodes)
+    assert fragment in str(e.value) and len(str(e.value)) < 200
+
+
+def test_subscribed_clients_are_capped_and_gone_pages_make_room(sent, monkeypatch):
+    live = set()
+    tel = telemetry.Telemetry(sender=sent, connected=lambda c: c in live)
+    for i in range(telemetry.MAX_CLIENTS):
+        live.add(f"page{i}")
+        tel.subscribe(f"page{i}", ["1"])
+    live.add("late")
+    with pytest.raises(telemetry.TooManyClients, match=f"{telemetry.MAX_CLIENTS} pages"):
+        tel.subscribe("late", ["1"])
+    tel.subscribe("page3", ["2"])  # a subscribed page may still change its nodes
+    tel.subscribe("page4", [])  # and unsubscribe
+    tel.subscribe("late", ["1"])  # which made room
+    live.discard("page5")  # a page that went away is dropped when room is needed
+    live.add("later")
+    tel.subscribe("later", ["1"])
+    assert "page5" not in tel._clients and len(tel._clients) == telemetry.MAX_CLIENTS
+
+
+def test_routes_cap_the_body_and_answer_429_when_full(monkeypatch):
+    web = pytest.importorskip("aiohttp.web")
+    test_utils = pytest.importorskip("aiohttp.test_utils")
+    import asyncio
+
+    fresh = telemetry.Telemetry()
+    monkeypatch.setattr(telemetry, "TELEMETRY", fresh)
+    monkeypatch.setattr(web_routes, "_registered", False)
+    monkeypatch.setattr(telemetry, "MAX_CLIENTS", 2)
+
+    class Server:
+        routes = web.RouteTableDef()
+        sockets = {"a": object(), "b": object(), "c": object()}
+
+        def send_sync(self, event, data, sid=None):
+            pass
+
+    assert web_routes.register(Server()) is True
+
+    async def scenario():
+        app = web.Application(client_max_size=100 * 1024 * 1024)  # ComfyUI's own limit is the upload size
+        app.add_routes(Server.routes)
+        async with test_utils.TestClient(test_utils.TestServer(app)) as client:
+            huge = json.dumps({"client_id": "a" * 1_000_000, "nodes": ["1"]})
+            r = await client.post("/gag/telemetry", data=huge, headers={"Content-Type": "application/json"})
+            assert r.status == 413 and "64" in (await r.json())["error"]
+
+            async def chunks():  # no Content-Length: read no further than the cap
+                for _ in range(40):
+                    yield b" " * 4096
+
+            r = await client.post("/gag/telemetry", data=chunks())
+            assert r.status == 413
+            r = await client.post("/gag/telemetry", json={"client_id": "a" * 257, "nodes": ["1"]})
+            text = (await r.json())["error"]
+            assert r.status == 400 and "257 characters" in text and len(text) < 200
+            r = await client.post("/gag/telemetry", data=b'{"client_id": "a", "nodes": [' + b"9" * 5000 + b"]}")
+            assert r.status == 400
+            for c in ("a", "b"):
+                assert (await client.post("/gag/telemetry", json={"client_id": c, "nodes": ["1"]})).status == 200
+            r = await client.post("/gag/telemetry", json={"client_id": "c", "nodes": ["1"]})
+            assert r.status == 429 and "2 pages" in (await r.json())["error"]
+
+    asyncio.run(scenario())
