@@ -9,7 +9,9 @@ Environment:
 - GAG_TRITON_INTERPRET=1  run the kernel on CPU tensors through Triton's interpreter (tests). Triton fixes its
                           interpreter mode when it is imported, so this must be set before the first kernel call
                           of the process; it then also sets TRITON_INTERPRET=1 if Triton is not imported yet.
-`unsupported_reason_cross` / `unsupported_reason_joint` say in words why a call would fall back.
+`unsupported_reason_cross` / `unsupported_reason_joint` say in words why a call would fall back: only the
+kernel's own limits (dtypes, sizes, devices); parameters, masks and ranges are validated once, by gag_core
+(gag_core/validate.py), before these functions are called.
 """
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ import warnings
 
 import torch
 
-DISABLE_ENV = "GAG_DISABLE_TRITON"
-INTERPRET_ENV = "GAG_TRITON_INTERPRET"
+from ..combine import rule_for_stats
+from ..validate import ENV_DISABLE_TRITON as DISABLE_ENV, ENV_TRITON_INTERPRET as INTERPRET_ENV
+
 MAX_KEYS = 1024
 MAX_HEAD_DIM = 256
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -66,17 +69,8 @@ def interpreting() -> bool:
 
 # ----------------------------------------------------------------------------------------------- support checks
 
-def _param_reason(method, scale, beta, tau, alpha) -> str | None:
-    if method not in ("gag", "pladis"):
-        return f"method {method!r} is not 'gag' or 'pladis'"
-    for name, x in (("scale", scale), ("beta", beta)):
-        if not isinstance(x, (int, float)) or not math.isfinite(x):
-            return f"{name} {x!r} is not a finite number"
-    if tau is not None and (not isinstance(tau, (int, float)) or math.isnan(tau) or tau < 0):
-        return f"tau {tau!r} is not None or a number >= 0"
-    if not isinstance(alpha, (int, float)) or not (1.0 < alpha <= 2.0):
-        return f"alpha {alpha!r} is not in (1, 2]"
-    return None
+def _alpha_reason(alpha) -> str | None:
+    return None if 1.0 < float(alpha) <= 2.0 else f"alpha {alpha!r} is not in (1, 2] (α = 1 is plain softmax)"
 
 
 def _device_reason(tensors) -> str | None:
@@ -158,10 +152,9 @@ def _out_reason(out, shape, q) -> str | None:
     return None if out.device == q.device else f"out is on {out.device}, not {q.device}"
 
 
-def unsupported_reason_cross(q, k, v, *, method, scale, beta, tau, alpha, mask=None, o_dense=None,
-                             out=None) -> str | None:
+def unsupported_reason_cross(q, k, v, *, alpha, mask=None, o_dense=None, out=None, **_params) -> str | None:
     """Why `fused_cross_attention` would return None for these arguments; None when the kernel applies."""
-    reason = _qkv_reason(q, k, v) or _param_reason(method, scale, beta, tau, alpha)
+    reason = _qkv_reason(q, k, v) or _alpha_reason(alpha)
     if reason:
         return reason
     if k.shape[2] > MAX_KEYS:
@@ -174,30 +167,21 @@ def unsupported_reason_cross(q, k, v, *, method, scale, beta, tau, alpha, mask=N
     return reason or _out_reason(out, (b, h, n, dv), q) or _device_reason([q, k, v])
 
 
-def unsupported_reason_joint(q, k, v, *, text_range, lse, o_dense, method, scale, beta, tau, alpha,
-                             mask=None, out=None) -> str | None:
+def unsupported_reason_joint(q, k, v, *, text_range, lse, o_dense, alpha, mask=None, out=None,
+                             **_params) -> str | None:
     """Why `fused_joint_attention` would return None for these arguments; None when the kernel applies."""
-    reason = _qkv_reason(q, k, v) or _param_reason(method, scale, beta, tau, alpha)
+    reason = _qkv_reason(q, k, v) or _alpha_reason(alpha)
     if reason:
         return reason
     b, h, n, _ = q.shape
     length, dv = k.shape[2], v.shape[3]
-    if n != length:
-        return f"q length {n} != k length {length}"
-    try:
-        s, e = (int(x) for x in text_range)
-    except (TypeError, ValueError):
-        return f"text_range {text_range!r} is not a (start, stop) pair"
-    if not (0 <= s < e <= length):
-        return f"text_range {text_range!r} is not inside [0, {length}]"
-    if s == 0 and e == length:
-        return "no image rows"
+    s, e = text_range
     if e - s > MAX_KEYS:
         return f"{e - s} text keys > {MAX_KEYS}"
-    reason = (_tensor_reason("lse", lse, (b, h, length), q.device)
-              or _tensor_reason("o_dense", o_dense, (b, h, length, dv), q.device)
-              or _mask_reason(mask, (b, h, length, length), q.device)
-              or _out_reason(out, (b, h, length, dv), q))
+    reason = (_tensor_reason("lse", lse, (b, h, n), q.device)
+              or _tensor_reason("o_dense", o_dense, (b, h, n, dv), q.device)
+              or _mask_reason(mask, (b, h, n, length), q.device)
+              or _out_reason(out, (b, h, n, dv), q))
     return reason or _device_reason([q, k, v])
 
 
@@ -232,16 +216,24 @@ def _mask_args(mask, shape, col0: int, col1: int, device):
     return 2, m, m.stride()
 
 
+def _c(x) -> int:
+    """The int of a tl.constexpr switch of the kernel module."""
+    return int(getattr(x, "value", x))
+
+
 def _launch(*, q, k, v, out, o_dense, lse, mask_kind, mask_t, mask_strides, mode, method, scale, beta, tau,
-            alpha, seg0_end, seg1_start, n_rows, stats_buf=None, config=None):
-    """Launch the fused kernel over the row segments [0, seg0_end) and [seg1_start, n_rows); None if it fails."""
+            alpha, softmax_scale, segments, stats_buf=None, config=None):
+    """Launch the fused kernel over the (at most two) query row `segments`; None if it fails."""
     module = _load()
-    b, h, _, qk_d = q.shape
+    b, h, n_rows, qk_d = q.shape
     m_keys, v_d = k.shape[2], v.shape[3]
     cfg = dict(_config(m_keys, qk_d, v_d, q.element_size()), **(config or {}))
     block_n = cfg["BLOCK_N"]
-    nb0 = _cdiv(seg0_end, block_n)
-    grid = (nb0 + _cdiv(n_rows - seg1_start, block_n), b * h)
+    (s0, e0), (s1, e1) = (list(segments) + [(0, 0), (0, 0)])[:2]
+    nb0 = _cdiv(e0 - s0, block_n)
+    grid = (nb0 + _cdiv(e1 - s1, block_n), b * h)
+    if grid[0] == 0:
+        return out
     od = o_dense if o_dense is not None else out  # unused placeholders keep the signature fixed
     od_strides = o_dense.stride() if o_dense is not None else (0, 0, 0, 0)
     ls = lse if lse is not None else out
@@ -251,15 +243,16 @@ def _launch(*, q, k, v, out, o_dense, lse, mask_kind, mask_t, mask_strides, mode
     # The interpreter's bfloat16 dot is wrong (raw bits in numpy): it gets float32 operands instead.
     dot_f32 = q.dtype == torch.float32 or (interpreting() and q.dtype == torch.bfloat16)
     st = stats_buf if stats_buf is not None else out
+    sm = float(softmax_scale) if softmax_scale is not None else qk_d ** -0.5
     args = (q, k, v, od, ls, mask_t, out, st, *q.stride(), *k.stride(), *v.stride(), *od_strides, *ls_strides,
             *mask_strides, *out.stride(), st.stride(0) if stats_buf is not None else 0,
-            h, m_keys, seg0_end, seg1_start, n_rows, nb0,
-            qk_d ** -0.5, float(scale), float(beta), float(tau) if cap else 0.0, float(alpha))
+            h, m_keys, s0, e0, s1, e1, n_rows, nb0,
+            sm, float(scale), float(beta), float(tau) if cap else 0.0, float(alpha))
     constants = dict(
         BLOCK_N=block_n, KT=cfg["BLOCK_M"] // cfg["BLOCK_MC"], BLOCK_MC=cfg["BLOCK_MC"], QK_D=qk_d, V_D=v_d,
-        BLOCK_D=cfg["BLOCK_D"], MODE=mode, METHOD=module.METHOD_GAG if method == "gag" else module.METHOD_PLADIS,
-        ALPHA_KIND=alpha_kind, MASK_KIND=mask_kind, CAP=cap, MAX_ITER=MAX_NEWTON_ITER,
-        TOL=1e-4 if alpha_kind != module.ALPHA_GENERAL else 1e-5, DOT_F32=dot_f32, DOT_PRECISION="ieee",
+        BLOCK_D=cfg["BLOCK_D"], MODE=_c(mode), ALPHA_KIND=_c(alpha_kind), MASK_KIND=_c(mask_kind), CAP=cap,
+        METHOD=_c(module.METHOD_GAG if method == "gag" else module.METHOD_PLADIS), MAX_ITER=MAX_NEWTON_ITER,
+        TOL=1e-4 if _c(alpha_kind) != _c(module.ALPHA_GENERAL) else 1e-5, DOT_F32=dot_f32, DOT_PRECISION="ieee",
         STATS=stats_buf is not None,
     )
     key = (q.device.type, q.dtype, tuple(sorted(constants.items())))
@@ -286,11 +279,9 @@ def _cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
-def _stats_buffer(stats, method, b, h, rows, device):
+def _stats_buffer(stats, b, h, rows, device):
     """Per-row statistics written by the kernel: ‖O_s‖, ‖λcG‖, capped, ‖Δ∥‖², ‖Δ⊥‖².  # (5, B, H, rows)"""
-    if stats is None or method != "gag":
-        return None
-    return torch.zeros((5, b, h, rows), dtype=torch.float32, device=device)
+    return None if stats is None else torch.zeros((5, b, h, rows), dtype=torch.float32, device=device)
 
 
 def _add_stats(stats, buf) -> None:
@@ -301,55 +292,65 @@ def _add_stats(stats, buf) -> None:
 
 # ----------------------------------------------------------------------------------------------- public API
 
-def fused_cross_attention(q, k, v, *, method, scale, beta, tau, alpha, mask=None, o_dense=None, out=None,
-                          stats=None, config=None):
-    """GAG/PLADIS cross-attention in one kernel: out = rule(α-entmax(z)·v, softmax(z)·v or o_dense); else None.
+def fused_cross_attention(q, k, v, *, method, scale, beta, tau, alpha, softmax_scale=None, mask=None, o_dense=None,
+                          out=None, stats=None, config=None):
+    """GAG/PLADIS cross-attention in one kernel: O_s = O_d + (E − P_d)·v, out = rule(O_s, O_d); else None.
 
-    `out` (optional, (B, H, N, Dv), q's dtype, not aliasing an input) receives the result; `stats` (optional
-    gag_core.GuidanceStats) gets the same per-(token, head) sums as gag_combine gives it (GAG only, as there);
-    `config` overrides the tile sizes (BLOCK_N, BLOCK_M, BLOCK_MC, BLOCK_D, num_warps) for benchmarking.
+    O_d = `o_dense` (the host chain's output) or P_d·v. Arguments are validated by gag_core before this is
+    called. `out` (optional, (B, H, N, Dv), q's dtype, not aliasing an input) receives the result; `stats`
+    (optional gag_core.GuidanceStats) gets the same per-(token, head) sums as gag_combine gives it (PLADIS as
+    GAG with λ = s − 1, β = 1, no cap, as there); `config` overrides the tile sizes for benchmarking.
     """
-    if unsupported_reason_cross(q, k, v, method=method, scale=scale, beta=beta, tau=tau, alpha=alpha, mask=mask,
-                                o_dense=o_dense, out=out):
+    if unsupported_reason_cross(q, k, v, alpha=alpha, mask=mask, o_dense=o_dense, out=out):
         return None
+    method, scale, beta, tau = rule_for_stats(method, scale, beta, tau, stats)
     b, h, n, _ = q.shape
     m_keys, v_d = k.shape[2], v.shape[3]
-    if out is None:
+    if out is None:  # q's layout (ComfyUI's (B, N, H, D) views stay views of one (B, N, H·D) buffer)
         out = torch.empty_like(q) if v_d == q.shape[3] else q.new_empty((b, h, n, v_d))
     kind, mask_t, mask_strides = _mask_args(mask, (b, h, n, m_keys), 0, m_keys, q.device)
-    mode = 0 if o_dense is None else 1
-    stats_buf = _stats_buffer(stats, method, b, h, n, q.device)
+    mode = _load().MODE_CROSS if o_dense is None else _load().MODE_CROSS_DENSE_GIVEN
+    stats_buf = _stats_buffer(stats, b, h, n, q.device)
     res = _launch(q=q, k=k, v=v, out=out, o_dense=o_dense, lse=None, mask_kind=kind, mask_t=mask_t,
                   mask_strides=mask_strides, mode=mode, method=method, scale=scale, beta=beta, tau=tau,
-                  alpha=alpha, seg0_end=n, seg1_start=n, n_rows=n, stats_buf=stats_buf, config=config)
+                  alpha=alpha, softmax_scale=softmax_scale, segments=[(0, n)], stats_buf=stats_buf, config=config)
     if res is not None and stats_buf is not None:
         _add_stats(stats, stats_buf)
     return res
 
 
-def fused_joint_attention(q, k, v, *, text_range, lse, o_dense, method, scale, beta, tau, alpha, mask=None,
-                          out=None, stats=None, config=None):
-    """Joint attention: image rows get rule(O_d + m·(entmax − softmax)(z_text)·v_text, O_d); text rows O_d.
+def fused_joint_attention(q, k, v, *, text_range, lse, o_dense, method, scale, beta, tau, alpha, segments=None,
+                          softmax_scale=None, mask=None, out=None, stats=None, config=None):
+    """Joint attention: rows in `segments` get O_d + m·(rule(O_s^t, O_d^t) − O_d^t) on the text keys, others O_d.
 
-    `lse` (B, H, L) is the full-row dense log-sum-exp, `o_dense` (B, H, L, Dv) the dense output; `out`,
-    `stats` (image rows only) and `config` as in `fused_cross_attention`.
+    q (B, H, N, D), k/v (B, H, L, D), `text_range` = (start, stop) key columns of the text, `lse` (B, H, N) the
+    full-row dense log-sum-exp, `o_dense` (B, H, N, Dv) the dense output, `segments` (at most two (start, stop)
+    query row ranges; default: the rows on either side of the text when N = L). `out`, `stats` (guided rows
+    only) and `config` as in `fused_cross_attention`.
     """
-    if unsupported_reason_joint(q, k, v, text_range=text_range, lse=lse, o_dense=o_dense, method=method,
-                                scale=scale, beta=beta, tau=tau, alpha=alpha, mask=mask, out=out):
-        return None
     s, e = (int(x) for x in text_range)
-    b, h, length, _ = q.shape
+    if unsupported_reason_joint(q, k, v, text_range=(s, e), lse=lse, o_dense=o_dense, alpha=alpha, mask=mask,
+                                out=out):
+        return None
+    method, scale, beta, tau = rule_for_stats(method, scale, beta, tau, stats)
+    b, h, n, _ = q.shape
+    length = k.shape[2]
+    if segments is None:
+        segments = [(0, s), (e, n)]
+    segments = [(int(a), int(c)) for a, c in segments if c > a]
+    if len(segments) > 2:
+        return None
     if out is None:
         out = torch.empty_like(o_dense, dtype=q.dtype)
-    out[:, :, s:e] = o_dense[:, :, s:e]
-    kind, mask_t, mask_strides = _mask_args(mask, (b, h, length, length), s, e, q.device)
-    stats_buf = _stats_buffer(stats, method, b, h, length, q.device)
+    out.copy_(o_dense)
+    kind, mask_t, mask_strides = _mask_args(mask, (b, h, n, length), s, e, q.device)
+    stats_buf = _stats_buffer(stats, b, h, n, q.device)
     res = _launch(q=q, k=k[:, :, s:e], v=v[:, :, s:e], out=out, o_dense=o_dense, lse=lse, mask_kind=kind,
-                  mask_t=mask_t, mask_strides=mask_strides, mode=2, method=method, scale=scale, beta=beta,
-                  tau=tau, alpha=alpha, seg0_end=s, seg1_start=e, n_rows=length, stats_buf=stats_buf,
-                  config=config)
+                  mask_t=mask_t, mask_strides=mask_strides, mode=_load().MODE_JOINT, method=method, scale=scale,
+                  beta=beta, tau=tau, alpha=alpha, softmax_scale=softmax_scale, segments=segments,
+                  stats_buf=stats_buf, config=config)
     if res is not None and stats_buf is not None:
-        _add_stats(stats, torch.cat([stats_buf[..., :s], stats_buf[..., e:]], dim=-1))  # image rows only
+        _add_stats(stats, torch.cat([stats_buf[..., a:c] for a, c in segments], dim=-1))  # guided rows only
     return res
 
 

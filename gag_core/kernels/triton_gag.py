@@ -3,18 +3,19 @@
 One program takes BLOCK_N query rows of one (batch, head) against ALL keys of the block it guides (≤ 1024),
 held in registers as KT key chunks of BLOCK_MC keys, # (KT, BLOCK_N, BLOCK_MC), so every product is a batched
 dot that spreads the keys over the warps:
-  z = q·kᵀ/√d (+ mask)
+  z = q·kᵀ·scale (+ mask),  P_d = softmax(z) over the keys of the block
   E = α-entmax(z): Newton on f(τ) = Σ[(α−1)z − τ]_+^{1/(α−1)} − 1 from a lower bound (f convex, so τ rises
       monotonically), then the exact closed form on the found support for α = 1.5 and 2, then Σ E = 1.
-  cross (MODE 0): P_d = softmax(z);  O_s = E·v,  Δ = (E − P_d)·v
-  cross (MODE 1): O_d given;         O_s = E·v,  Δ = O_s − O_d
-  joint (MODE 2): text keys only, P_d = exp(z − lse) with lse the full-row dense log-sum-exp,
-                  m = Σ P_d,  Δ = (m·E − P_d)·v_text,  O_s = O_d + Δ
+  Δ = (E − P_d)·v in every mode, and
+  MODE_CROSS:             O_s = E·v                        out = w_s·O_s + w_Δ·Δ
+  MODE_CROSS_DENSE_GIVEN: O_s = O_d + Δ (O_d of the chain)  out = w_s·O_d + (w_s + w_Δ)·Δ
+  MODE_JOINT:             text keys only, O_s^t = E·v_t, m = exp(lse_t − lse) the row's dense text mass,
+                          out = O_d + m·(g − O_d^t) = O_d + m·((w_s − 1)·O_s^t + (1 + w_Δ)·Δ)
 GAG is linear in (O_s, Δ) once three per-row dot products are known:
   a = ⟨Δ,O_s⟩/‖O_s‖²,  ‖G‖² = ‖Δ∥‖² + β²‖Δ⊥‖²,  c = min(1, τ/‖G‖),
-  out = O_s + λc·G = (1 + λc(1−β)a)·O_s + λcβ·Δ,
+  g = O_s + λc·G = w_s·O_s + w_Δ·Δ with w_s = 1 + λc(1−β)a, w_Δ = λcβ,
 so pass A accumulates the dot products over head_dim chunks and pass B writes out (PLADIS needs pass B only:
-out = O_d + s·Δ = O_s + (s − 1)·Δ). The head_dim is walked in BLOCK_D chunks so only a (keys, BLOCK_D) slice
+w_s = 1, w_Δ = s − 1). The head_dim is walked in BLOCK_D chunks so only a (keys, BLOCK_D) slice
 of k or v is staged at a time.
 """
 from __future__ import annotations
@@ -22,10 +23,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-MODE_CROSS, MODE_CROSS_DENSE_GIVEN, MODE_JOINT = 0, 1, 2
-METHOD_GAG, METHOD_PLADIS = 0, 1
-ALPHA_GENERAL, ALPHA_15, ALPHA_2 = 0, 1, 2
-MASK_NONE, MASK_BOOL, MASK_ADD = 0, 1, 2
+# Compile-time switches of the kernel (tl.constexpr so the kernel body can name them).
+MODE_CROSS, MODE_CROSS_DENSE_GIVEN, MODE_JOINT = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+METHOD_GAG, METHOD_PLADIS = tl.constexpr(0), tl.constexpr(1)
+ALPHA_GENERAL, ALPHA_15, ALPHA_2 = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+MASK_NONE, MASK_BOOL, MASK_ADD = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 
 
 @triton.jit
@@ -44,10 +46,10 @@ def _row_max(x):
 def _newton_terms(zs, tau, am1, r, ALPHA_KIND: tl.constexpr):
     """f(τ) = Σ(X − τ)_+^r − 1 and f′(τ) up to sign, X = (α−1)·zs, per row."""
     d = tl.maximum(zs * am1 - tau[None, :, None], 0.0)
-    if ALPHA_KIND == 1:
+    if ALPHA_KIND == ALPHA_15:
         f = _row_sum(d * d) - 1.0
         fp = 2.0 * _row_sum(d)
-    elif ALPHA_KIND == 2:
+    elif ALPHA_KIND == ALPHA_2:
         f = _row_sum(d) - 1.0
         fp = _row_sum((d > 0).to(tl.float32))
     else:
@@ -93,7 +95,7 @@ def gag_fused_kernel(
     sl_b, sl_h, sl_n,
     smk_b, smk_h, smk_n, smk_m,
     so_b, so_h, so_n, so_d, st_c,
-    H, M, SEG0_END, SEG1_START, N_ROWS, NB0,
+    H, M, SEG0_START, SEG0_END, SEG1_START, SEG1_END, N_ROWS, NB0,
     sm_scale, guidance, beta, tau_cap, alpha,
     BLOCK_N: tl.constexpr, KT: tl.constexpr, BLOCK_MC: tl.constexpr, QK_D: tl.constexpr, V_D: tl.constexpr,
     BLOCK_D: tl.constexpr, MODE: tl.constexpr, METHOD: tl.constexpr, ALPHA_KIND: tl.constexpr,
@@ -105,10 +107,11 @@ def gag_fused_kernel(
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
-    # Rows come in two segments: [0, SEG0_END) then [SEG1_START, N_ROWS) (joint: image rows around the text).
+    # Rows come in two segments: [SEG0_START, SEG0_END) then [SEG1_START, SEG1_END) (joint: the image rows
+    # on either side of the text); N_ROWS is q's length (the stats buffer's row count).
     in_first = pid < NB0
-    row0 = tl.where(in_first, pid * BLOCK_N, SEG1_START + (pid - NB0) * BLOCK_N)
-    row_end = tl.where(in_first, SEG0_END, N_ROWS)
+    row0 = tl.where(in_first, SEG0_START + pid * BLOCK_N, SEG1_START + (pid - NB0) * BLOCK_N)
+    row_end = tl.where(in_first, SEG0_END, SEG1_END)
     rows = row0 + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     row_ok = rows < row_end
     keys = tl.arange(0, KT)[:, None, None] * BLOCK_MC + tl.arange(0, BLOCK_MC)[None, None, :]  # (KT, 1, BLOCK_MC)
@@ -135,11 +138,11 @@ def gag_fused_kernel(
             kt = kt.to(tl.float32)
         z = tl.dot(qc, kt, z, input_precision=DOT_PRECISION)  # kt = k[keys, d0:d0+BLOCK_D]ᵀ per chunk
     z = z * sm_scale
-    if MASK_KIND == 1:
+    if MASK_KIND == MASK_BOOL:
         mk = tl.load(MASK + b * smk_b + h * smk_h + rows[None, :, None] * smk_n + keys * smk_m,
                      mask=row_ok[None, :, None] & key_ok, other=0)
         z = tl.where(mk != 0, z, float("-inf"))
-    if MASK_KIND == 2:
+    if MASK_KIND == MASK_ADD:
         mk = tl.load(MASK + b * smk_b + h * smk_h + rows[None, :, None] * smk_n + keys * smk_m,
                      mask=row_ok[None, :, None] & key_ok, other=0.0)
         z = z + mk.to(tl.float32)
@@ -150,14 +153,15 @@ def gag_fused_kernel(
     # Only this tile stays live until E is known: max 0 on live rows, −inf on masked keys.
     zs = z - row_max[None, :, None]
 
-    # ---- dense statistics per row
-    if MODE == 0:
-        l_sum = _row_sum(tl.exp(zs))
-        inv_l = 1.0 / tl.where(l_sum > 0, l_sum, 1.0)  # P_d = exp(zs)/l
-    if MODE == 2:
+    # ---- dense statistics per row: P_d = exp(zs)/l over the keys of the block (text keys in MODE_JOINT)
+    l_sum = _row_sum(tl.exp(zs))
+    inv_l = 1.0 / tl.where(l_sum > 0, l_sum, 1.0)
+    if MODE == MODE_JOINT:
         lse = tl.load(LSE + b * sl_b + h * sl_h + rows * sl_n, mask=row_ok, other=0.0).to(tl.float32)
-        shift = tl.where(lse > float("-inf"), row_max - lse, float("-inf"))  # P_d = exp(zs + shift)
-        mass = tl.minimum(_row_sum(tl.exp(zs + shift[None, :, None])), 1.0)  # dense text mass m of each row
+        live_row = (l_sum > 0) & (lse > float("-inf"))
+        # m = exp(lse_t − lse), lse_t = row_max + log l (0 where the row or its text block is fully masked)
+        mass = tl.where(live_row, tl.exp(row_max + tl.log(tl.where(live_row, l_sum, 1.0)) - lse), 0.0)
+        mass = tl.minimum(mass, 1.0)
 
     # ---- α-entmax threshold τ on X = (α−1)·zs: Newton on f(τ) = Σ(X − τ)_+^r − 1, r = 1/(α−1)
     am1 = alpha - 1.0
@@ -177,49 +181,42 @@ def gag_fused_kernel(
         err = tl.max(tl.abs(f), 0)
         it += 1
     # Exact finish on the support S = {X > τ}: Σ_S (X − τ)² = 1 (α = 1.5) or Σ_S (X − τ) = 1 (α = 2).
-    if ALPHA_KIND != 0:
+    if ALPHA_KIND != ALPHA_GENERAL:
         supp = zs * am1 > tau[None, :, None]
         k_s = _row_sum(supp.to(tl.float32))
         k_safe = tl.maximum(k_s, 1.0)
         mean_s = am1 * _row_sum(tl.where(supp, zs, 0.0)) / k_safe
-        if ALPHA_KIND == 1:
+        if ALPHA_KIND == ALPHA_15:
             xc = tl.where(supp, zs * am1 - mean_s[None, :, None], 0.0)
             tau_x = mean_s - tl.sqrt(tl.maximum((1.0 - _row_sum(xc * xc)) / k_safe, 0.0))
         else:
             tau_x = mean_s - 1.0 / k_safe
         tau = tl.where(k_s > 0, tau_x, tau)
     d_fin = tl.maximum(zs * am1 - tau[None, :, None], 0.0)
-    if ALPHA_KIND == 1:
+    if ALPHA_KIND == ALPHA_15:
         ent = d_fin * d_fin
-    elif ALPHA_KIND == 2:
+    elif ALPHA_KIND == ALPHA_2:
         ent = d_fin
     else:
         ent = tl.where(d_fin > 0, tl.exp2(r * tl.log2(tl.where(d_fin > 0, d_fin, 1.0))), 0.0)
     e_sum = _row_sum(ent)
     ent = ent / tl.where(e_sum > 0, e_sum, 1.0)[None, :, None]  # E
 
-    # ---- the probability rows whose products with v give Δ (zs dies here)
-    if MODE == 0:
-        p_delta = ent - tl.exp(zs) * inv_l[None, :, None]  # Δ = (E − P_d)·v
-    if MODE == 2:
-        p_delta = mass[None, :, None] * ent - tl.exp(zs + shift[None, :, None])  # Δ = (m·E − P_d)·v_text
+    # ---- the probability rows whose product with v gives Δ = (E − P_d)·v (zs dies here)
+    p_delta = ent - tl.exp(zs) * inv_l[None, :, None]
 
-    if METHOD == 0:
+    if METHOD == METHOD_GAG:
         # ---- pass A: ‖O_s‖², ⟨Δ, O_s⟩, ‖Δ‖² over head_dim chunks
         ss = tl.zeros((BLOCK_N,), dtype=tl.float32)
         ds = tl.zeros((BLOCK_N,), dtype=tl.float32)
         dd2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
         for d0 in range(0, V_D, BLOCK_D):
             vc = _load_v(v_base, sv_m, sv_d, d0, M, V_D, KT, BLOCK_MC, BLOCK_D, DOT_F32)
-            if MODE == 2:
-                delta = _pv(p_delta, vc, DOT_PRECISION)
+            delta = _pv(p_delta, vc, DOT_PRECISION)
+            if MODE == MODE_CROSS_DENSE_GIVEN:
                 o_s = _load_rows(od_base, rows, row_ok, sod_n, sod_d, d0, V_D, BLOCK_D) + delta
             else:
                 o_s = _pv(ent, vc, DOT_PRECISION)
-                if MODE == 0:
-                    delta = _pv(p_delta, vc, DOT_PRECISION)
-                else:
-                    delta = o_s - _load_rows(od_base, rows, row_ok, sod_n, sod_d, d0, V_D, BLOCK_D)
             ss += tl.sum(o_s * o_s, 1)
             ds += tl.sum(delta * o_s, 1)
             dd2 += tl.sum(delta * delta, 1)
@@ -244,23 +241,23 @@ def gag_fused_kernel(
             tl.store(st + 3 * st_c, par2, mask=row_ok)
             tl.store(st + 4 * st_c, tl.maximum(dd2 - par2, 0.0), mask=row_ok)
     else:
-        # PLADIS: out = O_d + s·Δ = O_s + (s − 1)·Δ
+        # PLADIS: g = O_d + s·Δ = O_s + (s − 1)·Δ
         w_s = tl.full((BLOCK_N,), 1.0, dtype=tl.float32)
         w_delta = tl.full((BLOCK_N,), 0.0, dtype=tl.float32) + (guidance - 1.0)
 
-    # ---- pass B: out = w_s·O_s + w_delta·Δ, written chunk by chunk
-    if MODE == 0:
-        p_out = w_s[None, :, None] * ent + w_delta[None, :, None] * p_delta
-    if MODE == 1:
-        p_out = (w_s + w_delta)[None, :, None] * ent  # out = (w_s + w_delta)·O_s − w_delta·O_d
-    if MODE == 2:
-        p_out = (w_s + w_delta)[None, :, None] * p_delta  # out = w_s·O_d + (w_s + w_delta)·Δ
+    # ---- pass B: out = p_out·v (+ od_w·O_d), written chunk by chunk
+    if MODE == MODE_CROSS:
+        p_out = w_s[None, :, None] * ent + w_delta[None, :, None] * p_delta  # w_s·O_s + w_Δ·Δ
+    if MODE == MODE_CROSS_DENSE_GIVEN:
+        p_out = (w_s + w_delta)[None, :, None] * p_delta  # + w_s·O_d
+        od_w = w_s
+    if MODE == MODE_JOINT:
+        p_out = mass[None, :, None] * ((w_s - 1.0)[None, :, None] * ent + (1.0 + w_delta)[None, :, None] * p_delta)
+        od_w = tl.full((BLOCK_N,), 1.0, dtype=tl.float32)  # + O_d
     for d0 in range(0, V_D, BLOCK_D):
         vc = _load_v(v_base, sv_m, sv_d, d0, M, V_D, KT, BLOCK_MC, BLOCK_D, DOT_F32)
         acc = _pv(p_out, vc, DOT_PRECISION)  # (BLOCK_N, BLOCK_D)
-        if MODE == 1:
-            acc = acc - w_delta[:, None] * _load_rows(od_base, rows, row_ok, sod_n, sod_d, d0, V_D, BLOCK_D)
-        if MODE == 2:
-            acc = acc + w_s[:, None] * _load_rows(od_base, rows, row_ok, sod_n, sod_d, d0, V_D, BLOCK_D)
+        if MODE != MODE_CROSS:
+            acc = acc + od_w[:, None] * _load_rows(od_base, rows, row_ok, sod_n, sod_d, d0, V_D, BLOCK_D)
         tl.store(o_base + rows[:, None] * so_n + (d0 + dd)[None, :] * so_d, acc.to(OUT.dtype.element_ty),
                  mask=row_ok[:, None] & ((d0 + dd) < V_D)[None, :])
