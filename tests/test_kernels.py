@@ -438,7 +438,7 @@ def test_gag_attention_dispatches_to_the_kernel_and_back(device, monkeypatch):
     assert torch.equal(fast, real(q, k, v, **KW))
     monkeypatch.setenv(kernels.DISABLE_ENV, "1")
     slow = gag_core.gag_attention(q, k, v, **KW)
-    assert True not in calls[1:]
+    assert len(calls) == 3  # not called with the kernel disabled
     ref64 = gag_core.gag_attention(q.double(), k.double(), v.double(), **KW)
     assert_matches(fast, ref64, slow, fast)
 
