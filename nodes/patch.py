@@ -4,14 +4,16 @@
 PLADIS node on the same model replaces an earlier one). For each model pass inside the start/end window the
 wrapper records the text length and latent size (`PassInfo`) and hands the model a shallow copy of
 transformer_options whose `optimized_attention_override` is a `GuidedAttention`. ComfyUI calls that for every
-attention; calls that `routing.route_call` does not select go straight on, the others get GAG or PLADIS with
-the dense output from the kernel ComfyUI chose. An OUTER_SAMPLE wrapper (`run_check.RunWatch`, same key) counts
+attention; calls that `routing.route_call` does not select go straight on, the others get GAG or PLADIS. An OUTER_SAMPLE wrapper (`run_check.RunWatch`, same key) counts
 the guided calls of each sampling run and logs one warning, with the reason, when a run guided none. Inputs are
 checked first (`inputs.check_inputs`, `blocks.parse_blocks` against the model's own blocks).
 
 Chaining: an override that was already in transformer_options (NAG, SageAttention patches, ...) is kept and
-called in place of the raw kernel, for unguided calls and for the dense output of guided ones: GAG is the
-outer layer and works on what the other override returns. Nothing in model_options is changed, so the
+called in place of the raw kernel, for unguided calls and for the dense output O_d of guided ones: GAG is the
+outer layer, and its sparse branch is a correction to what the other override returns (cross-attention
+O_s = O_d + (P_s − P_d)·v, joint out = O_d + m·(g − O_d^t)), so α = 1 gives that override's output exactly.
+Without one, guided calls compute O_d in gag_core from the same q, k, v (joint attention: PyTorch's SDPA with
+its log-sum-exp, so the text mass needs no second pass); unguided calls always run the host's kernel. Nothing in model_options is changed, so the
 caller's model, and a bypassed node, give the baseline exactly. Imports no ComfyUI module.
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .attention_call import AttentionCall, bind_attention_call, mask_to_4d, outp
 from .blocks import BlockSelection, describe_blocks, matches_any, model_blocks, parse_blocks
 from .families import Family, describe_model, detect_family, supported_labels
 from .inputs import METHODS, check_inputs
-from .routing import PassInfo, Route, image_token_count, in_window, route_call
+from .routing import PassInfo, Route, add_family_facts, image_token_count, in_window, route_call
 from .run_check import OUTER_SAMPLE, RunWatch
 
 logger = logging.getLogger("comfyui_gag")
@@ -81,43 +83,38 @@ class GuidedAttention:
         return func(*args, **kwargs)
 
     def __call__(self, func, *args, **kwargs):
-        call = bind_attention_call(args, kwargs)
-        route = None
-        if call is not None:
-            route = route_call(self.info, call.q_len, call.k_len, call.transformer_options, self.settings.selection)
-        if route is None:
-            return self.call_next(func, args, kwargs)
-        try:
-            return self.guided(func, call, route)
-        except Exception as e:  # never break a run: fall back to the dense attention
+        try:  # never break a run: anything that goes wrong in routing or guidance runs the call unguided
+            call = bind_attention_call(args, kwargs)
+            route = None if call is None else route_call(self.info, call.q_len, call.k_len,
+                                                         call.transformer_options, self.settings.selection)
+            if route is not None:
+                return self.guided(func, call, route)
+        except Exception as e:
             if STRICT:
                 raise
-            warn_once(f"guided-error:{type(e).__name__}",
-                      f"[GAG] guided attention failed ({type(e).__name__}: {e}); this call runs unguided.")
-            return self.call_next(func, args, kwargs)
+            message = f"[GAG] guided attention failed ({type(e).__name__}: {str(e)[:300]}); this call runs unguided."
+            warn_once(message, message)
+        return self.call_next(func, args, kwargs)
 
     def guided(self, func, call: AttentionCall, route: Route) -> torch.Tensor:
-        """GAG / PLADIS on one call; the dense output is the one ComfyUI's own call would have returned."""
+        """GAG / PLADIS on one call. O_d: a chained override's output when there is one (the sparse branch is then a
+        correction to it), else gag_core's own dense pass from the same q, k, v (which also gives the joint lse)."""
         s = self.settings
         heads = call.heads
         q, k, v = call.q_bhld(), call.k_bhld(), call.v_bhld()  # (B, H, N, D), (B, H_kv, M, D), (B, H_kv, M, Dv)
-
-        dense_out = []
-
-        def dense(_q, _k, _v, _mask):
-            dense_out.append(output_to_bhld(self.call_next(func, call.args, call.kwargs), heads,
-                                            call.skip_output_reshape))  # (B, H, N, D)
-            return dense_out[-1]
+        dense = None
+        if self.previous is not None:
+            def dense(_q, _k, _v, _mask):  # every keyword of the host's call reaches the chain untouched
+                return output_to_bhld(self.call_next(func, call.args, call.kwargs), heads, call.skip_output_reshape)
 
         options = dict(method=s.method, scale=s.scale, beta=s.beta, tau=s.tau, alpha=s.alpha,
                        mask=mask_to_4d(call.mask), dense=dense,
                        stats=telemetry.stats_for(s.node_key, call.transformer_options), **call.gag_options())
         if route.kind == "cross":
             out = gag_attention(q, k, v, **options)
-        else:
-            out = joint_gag_attention(q, k, v, text_range=route.text_range, **options)
-            if route.guided_stop is not None and route.guided_stop < out.shape[2]:
-                out[:, :, route.guided_stop:] = dense_out[-1][:, :, route.guided_stop:]  # reference rows: dense
+        else:  # rows from guided_stop on (reference latents) keep the dense output
+            rows = None if route.guided_stop is None else (0, min(route.guided_stop, q.shape[2]))
+            out = joint_gag_attention(q, k, v, text_range=route.text_range, guided_rows=rows, **options)
         return output_from_bhld(out, call.skip_output_reshape)
 
 
@@ -154,8 +151,9 @@ class GuidancePatch:
         self.settings = settings
         self.tally = None  # the running sampling run's RunTally, set by RunWatch (nodes/run_check.py)
 
-    def pass_info(self, x, t, c_crossattn, base_model) -> PassInfo | None:
-        """The PassInfo of this pass, or None when it runs unguided (outside the window, no text)."""
+    def pass_info(self, x, t, c_crossattn, base_model, extra: dict | None = None) -> PassInfo | None:
+        """The PassInfo of this pass, or None when it runs unguided (outside the window, no text); `extra` is
+        apply_model's keyword conditioning (LTX-2 packs video and audio into one x and says `latent_shapes`)."""
         s = self.settings
         sigma = _sigma_of(t)
         if sigma is None or not in_window(sigma, s.sigma_start, s.sigma_end):
@@ -168,13 +166,21 @@ class GuidancePatch:
             return PassInfo("unet", text_len)
         net = getattr(base_model, "diffusion_model", None)
         text_len += int(getattr(net, "register_length", 0) or 0)  # SD3 register tokens precede the context
-        tokens = image_token_count(x.shape, getattr(net, "patch_size", 1)) if isinstance(x, torch.Tensor) else 0
-        return PassInfo(family.rule, text_len, tokens, block_ids=family.block_ids, text_order=family.text_order)
+        patch = getattr(net, "patch_size", 1)
+        tokens = image_token_count(x.shape, patch) if isinstance(x, torch.Tensor) else 0
+        others: tuple[int, ...] = ()
+        shapes = (extra or {}).get("latent_shapes")
+        if isinstance(shapes, (list, tuple)) and shapes and all(isinstance(sh, (list, tuple)) for sh in shapes):
+            tokens = image_token_count(shapes[0], patch)  # x packs several streams: the first is the video
+            others = tuple(int(sh[2]) for sh in shapes[1:] if len(sh) >= 3)  # audio (B, C, T, F): T tokens
+        info = PassInfo(family.rule, text_len, tokens, block_ids=family.block_ids, text_order=family.text_order,
+                        dense_query_lens=others)
+        return add_family_facts(info, family, net, x.shape if isinstance(x, torch.Tensor) else None, extra)
 
     def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
                  **kwargs):
         transformer_options = {} if transformer_options is None else transformer_options
-        info = self.pass_info(x, t, c_crossattn, getattr(executor, "class_obj", None))
+        info = self.pass_info(x, t, c_crossattn, getattr(executor, "class_obj", None), kwargs)
         tally = self.tally
         if tally is not None:
             sigma = _sigma_of(t)

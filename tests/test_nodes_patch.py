@@ -308,7 +308,7 @@ def test_apply_guidance_clones_and_replaces_its_own_wrapper():
 
 
 def test_apply_guidance_unsupported_model_passes_through(caplog):
-    model = FakePatcher(fake_model("WAN21", "WanModel"))
+    model = FakePatcher(fake_model("StableAudio1", "AudioDiffusionTransformer"))
     with caplog.at_level(logging.WARNING, logger="comfyui_gag"):
         out = patch.apply_guidance(model, method="gag", scale=5.0)
     assert out is model and model.wrappers == {}
