@@ -45,6 +45,22 @@ PRESETS: dict[str, Preset] = {
                "MMDiT with double-stream blocks only."),
         Preset("sd3", "SD3 / SD3.5", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
                "MMDiT joint attention [context | image]."),
+        Preset("wan", "Wan 2.1 / 2.2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Video: text cross-attention of every block (umT5, 512 keys); self-attention and the I2V image "
+               "cross-attention stay dense."),
+        Preset("ltxv", "LTX-Video / LTX-2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Video: video-query × text-key cross-attention of every block; LTX-2's audio queries stay dense."),
+        Preset("zimage", "Z-Image / Lumina 2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0),
+               (0.0, 0.3), "Joint [caption | image] in every main layer; Z-Image Turbo runs at CFG 1, where GAG is "
+               "the only guidance (start near λ 3)."),
+        Preset("chroma", "Chroma / Chroma Radiance", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0,
+               (2.0, 10.0), (0.0, 0.3), "FLUX layout [text | image] without pooled vector; as FLUX.1."),
+        Preset("hunyuan_video", "HunyuanVideo / 1.5", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0,
+               (2.0, 10.0), (0.0, 0.3), "Video, FLUX-style blocks; 1.5's byT5 tokens count as text."),
+        Preset("krea2", "Krea 2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "single", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Single stream [text | image | reference]; reference rows stay dense."),
+        Preset("hidream", "HiDream", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Joint [image | T5 + LLM]: the whole text block of each layer is the text span."),
     )
 }
 

@@ -42,9 +42,13 @@ class Family:
     layout: str = ""  # routing.LAYOUTS key; "" = same as kind ("unet" or "mmdit")
     classes: tuple[str, ...] = ()  # comfy.model_base class names
     nets: tuple[str, ...] = ()  # diffusion network class names
-    text_order: str = "first"  # joint layouts: text before ("first") or after ("last") the image tokens
+    # joint layouts: text before ("first") or after ("last") the image tokens, or callable(net) -> either
+    text_order: str | Callable = "first"
     # ((group, net attribute whose len() is the count), ...) or callable(net) -> {group: numbers}; () = unknown
     block_counts: tuple[tuple[str, str], ...] | Callable = ()
+    # joint: (apply_model conditioning keyword, times) whose tokens join the text span (routing.add_family_facts)
+    text_conds: tuple[tuple[str, int], ...] = ()
+    exact_sequence: bool = False  # joint: only calls exactly [text | image (+ pad)] are guided (packed refs: dense)
 
     @property
     def rule(self) -> str:
@@ -54,6 +58,12 @@ class Family:
 
 _UNET_NETS = ("UNetModel",)
 _FLUX_BLOCKS = (("double", "double_blocks"), ("single", "single_blocks"))
+
+
+def flux_layers_text_order(net) -> str:
+    """Text position in FLUX-style blocks: ComfyUI 0.8's HunyuanVideo flags `flipped_img_txt` ([image | text])."""
+    blocks = getattr(net, "double_blocks", None)
+    return "last" if blocks and getattr(blocks[0], "flipped_img_txt", False) else "first"
 
 FAMILY_ROWS: tuple[Family, ...] = (
     Family("sd15", "unet", "SD 1.x / 2.x", classes=("BaseModel", "SD15_instructpix2pix"), nets=_UNET_NETS,
@@ -66,6 +76,27 @@ FAMILY_ROWS: tuple[Family, ...] = (
            block_counts=(("double", "transformer_blocks"),)),
     Family("sd3", "mmdit", "SD3 / SD3.5", block_ids=False, classes=("SD3",),
            nets=("OpenAISignatureMMDITWrapper", "MMDiT"), block_counts=(("double", "joint_blocks"),)),
+    # Joint / single-stream image and video DiTs (tests/test_comfyui_joint_families.py has what each host sends).
+    # Z-Image (supported_models.ZImage) builds a Lumina2: [caption padded to 32 | image padded to 32].
+    Family("zimage", "mmdit", "Z-Image / Lumina 2", classes=("Lumina2",), nets=("NextDiT",), exact_sequence=True,
+           block_counts=(("double", "layers"),)),
+    Family("chroma", "mmdit", "Chroma / Chroma Radiance", classes=("Chroma", "ChromaRadiance"),
+           nets=("Chroma", "ChromaRadiance"), block_counts=_FLUX_BLOCKS),
+    Family("hunyuan_video", "mmdit", "HunyuanVideo / 1.5", classes=("HunyuanVideo", "HunyuanVideo15"),
+           nets=("HunyuanVideo",), text_order=flux_layers_text_order, text_conds=(("txt_byt5", 1), ("clip_fea", 1)),
+           exact_sequence=True, block_counts=_FLUX_BLOCKS),
+    Family("krea2", "mmdit", "Krea 2", classes=("Krea2",), nets=("SingleStreamDiT",),
+           block_counts=(("single", "blocks"),)),
+    Family("hidream", "mmdit", "HiDream", block_ids=False, classes=("HiDream",),
+           nets=("HiDreamImageTransformer2DModel",), text_order="last",
+           text_conds=(("encoder_hidden_states_llama3", 2),), exact_sequence=True,
+           block_counts=(("double", "double_stream_blocks"), ("single", "single_stream_blocks"))),
+    # Video DiTs with text cross-attention. Wan 2.1 and 2.2 A14B (T2V, I2V) are WAN21, the 5B TI2V is WAN22;
+    # blocks set block_type "double" and block_index. LTX-Video (LTXV) and LTX-2 (LTXAV) set no block ids.
+    Family("wan", "mmdit", "Wan 2.1 / 2.2", layout="cross", classes=("WAN21", "WAN22"), nets=("WanModel",),
+           block_counts=(("double", "blocks"),)),
+    Family("ltxv", "mmdit", "LTX-Video / LTX-2", layout="cross", block_ids=False, classes=("LTXV", "LTXAV"),
+           nets=("LTXVModel", "LTXAVModel"), block_counts=(("double", "transformer_blocks"),)),
 )
 
 FAMILIES: dict[str, Family] = {f.key: f for f in FAMILY_ROWS}

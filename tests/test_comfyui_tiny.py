@@ -47,6 +47,18 @@ CONFIGS = {
                         qk_norm="rms", x_block_self_attn_layers=[0],
                         context_embedder_config={"target": "torch.nn.Linear",
                                                  "params": {"in_features": 32, "out_features": 128}})),
+    # video families (tests/test_comfyui_video.py): 2 blocks each, 2 heads of 32
+    "wan21_t2v": ("WAN21_T2V", dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), text_len=512,
+                                    in_dim=16, dim=64, ffn_dim=128, freq_dim=32, text_dim=32, out_dim=16,
+                                    num_heads=2, num_layers=2, qk_norm=True, cross_attn_norm=True, eps=1e-6)),
+    "wan21_i2v": ("WAN21_I2V", dict(image_model="wan2.1", model_type="i2v", patch_size=(1, 2, 2), text_len=512,
+                                    in_dim=36, dim=64, ffn_dim=128, freq_dim=32, text_dim=32, out_dim=16,
+                                    num_heads=2, num_layers=2, qk_norm=True, cross_attn_norm=True, eps=1e-6)),
+    "wan22_ti2v": ("WAN22_T2V", dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), text_len=512,
+                                     in_dim=48, dim=64, ffn_dim=128, freq_dim=32, text_dim=32, out_dim=48,
+                                     num_heads=2, num_layers=2, qk_norm=True, cross_attn_norm=True, eps=1e-6)),
+    "ltxv": ("LTXV", dict(image_model="ltxv", in_channels=128, cross_attention_dim=64, attention_head_dim=32,
+                          num_attention_heads=2, caption_channels=32, num_layers=2)),
     # a family the nodes do not support (AuraFlow): it must pass through unchanged
     "auraflow": ("AuraFlow", dict(in_channels=4, out_channels=4, patch_size=2, dim=64, n_layers=2, n_double_layers=1,
                                   n_heads=2, global_conddim=64, cond_seq_dim=32, max_seq=64)),
