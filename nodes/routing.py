@@ -39,6 +39,8 @@ class PassInfo:
     dense_query_lens: tuple[int, ...] = ()  # cross: query lengths of streams that stay dense (LTX-2 audio)
     block_calls: dict = field(default_factory=dict)  # cross: attention calls seen per block id
     routed: int = 0  # calls route_call sent to guidance in this pass (the run-level "nothing guided" check)
+    seq_len: int = 0  # joint: the exact length of [text | image (+ pad)]; calls of other lengths stay dense (0: any)
+    call_groups: tuple[tuple[str, int], ...] = ()  # no block ids: (group, block count) in call order (HiDream)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,45 @@ def image_token_count(latent_shape, patch_size) -> int:
     return frames * math.ceil(shape[-2] / p) * math.ceil(shape[-1] / p)
 
 
+def _cond_tokens(value) -> int:
+    """Tokens of a conditioning tensor (B, [layers,] L, C): its size L; 0 for anything else."""
+    shape = getattr(value, "shape", None)
+    return int(shape[-2]) if shape is not None and len(shape) >= 3 else 0
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple if multiple > 1 else n
+
+
+def add_family_facts(info: PassInfo, family, net, latent_shape, extra: dict | None) -> PassInfo:
+    """`info` completed with what a family row says about its joint sequence (nodes/families.py):
+    - the net's `patch` when it has no `patch_size` (Krea 2) sets the image tokens;
+    - `text_conds`: conditioning entries (apply_model keywords) whose tokens are part of the text span
+      (HunyuanVideo 1.5's byT5 and CLIP-vision tokens, HiDream's LLM tokens, twice per block);
+    - the net's `pad_tokens_multiple` (Z-Image): caption and image are each padded up to a multiple;
+    - `exact_sequence`: the joint call is exactly [text | image (+ pad)]: calls of another length (packed
+      reference images: Z-Image Omni, HunyuanVideo's ref_latent, HiDream E1) stay dense;
+    - `text_order` may be a callable(net) (HunyuanVideo: [image | text] on ComfyUI 0.8, [text | image] later);
+    - without block ids, `block_counts` pairs number the counted calls group by group (HiDream)."""
+    if getattr(net, "patch_size", None) is None and getattr(net, "patch", None) and latent_shape is not None:
+        info.image_tokens = image_token_count(latent_shape, net.patch)
+    conds = extra or {}
+    info.text_len += sum(n * _cond_tokens(conds.get(name)) for name, n in getattr(family, "text_conds", ()))
+    multiple = int(getattr(net, "pad_tokens_multiple", 0) or 0)
+    info.text_len = _round_up(info.text_len, multiple)
+    if getattr(family, "exact_sequence", False) and info.image_tokens > 0:
+        info.seq_len = info.text_len + _round_up(info.image_tokens, multiple)
+    if callable(family.text_order):
+        info.text_order = family.text_order(net)
+    counts = family.block_counts
+    if not family.block_ids and counts and not callable(counts) and len(counts) > 1:
+        try:
+            info.call_groups = tuple((group, len(getattr(net, attr))) for group, attr in counts)
+        except (AttributeError, TypeError):
+            info.call_groups = ()
+    return info
+
+
 def in_window(sigma: float, sigma_start: float, sigma_end: float) -> bool:
     """Guidance is active while sigma_end ≤ σ ≤ sigma_start (σ falls as sampling proceeds)."""
     return sigma_end <= sigma <= sigma_start
@@ -80,7 +121,13 @@ def _host_block(info: PassInfo, transformer_options: dict) -> tuple[str, int] | 
         return str(group), int(index)
     index = info.joint_calls
     info.joint_calls += 1
-    return "double", index
+    if not info.call_groups:
+        return "double", index
+    for group, count in info.call_groups:  # e.g. HiDream: its double blocks, then its single blocks
+        if index < count:
+            return group, index
+        index -= count
+    return None  # more calls than the net has blocks: not a block we can name
 
 
 def _int_pair(value) -> tuple[int, int] | None:
@@ -118,7 +165,7 @@ def route_unet(info: PassInfo, q_len: int, k_len: int, transformer_options: dict
 def route_joint(info: PassInfo, q_len: int, k_len: int, transformer_options: dict,
                 selection: BlockSelection) -> Route | None:
     """Joint attention: [text | image | reference] or [image | text], image rows × text keys guided."""
-    if q_len != k_len:
+    if q_len != k_len or (info.seq_len and q_len != info.seq_len):
         return None
     text_len = info.text_len
     host = _int_pair(transformer_options.get("img_slice"))
