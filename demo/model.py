@@ -117,6 +117,8 @@ def dense_attention(index: int, q, k, v, mask):
 class UNet(nn.Module):
     """v-prediction UNet on 2×2-folded pixels, with coordinate channels and cross-attention at every block."""
 
+    arch = "unet"
+
     def __init__(self, cfg: Config = Config()):
         super().__init__()
         self.cfg = cfg

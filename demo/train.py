@@ -13,8 +13,7 @@ import torch
 
 from . import world
 from .diffusion import v_loss
-from .model import Config, UNet
-from .weights import load, metadata, save
+from .weights import ARCHS, DEFAULT_PATHS, load, metadata, save
 
 
 def batch(rng: random.Random, n: int, drop: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,6 +29,8 @@ def batch(rng: random.Random, n: int, drop: float) -> tuple[torch.Tensor, torch.
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--arch", choices=sorted(ARCHS), default="unet", help="UNet (cross-attention) or MMDiT "
+                   "(joint attention)")
     p.add_argument("--steps", type=int, default=4000, help="at most this many steps")
     p.add_argument("--minutes", type=float, default=0.0,
                    help="wall-clock budget; when > 0 the learning-rate schedule follows elapsed time and training "
@@ -42,9 +43,10 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="1 is fastest on a busy shared CPU")
     p.add_argument("--save-every", type=int, default=250)
-    p.add_argument("--out", default="demo/weights/tiny_t2i.safetensors")
+    p.add_argument("--out", default="", help="default: the bundled weights' path for --arch")
     p.add_argument("--init", default="", help="start from these weights (model and EMA) instead of from scratch")
     args = p.parse_args(argv)
+    args.out = args.out or str(DEFAULT_PATHS[args.arch])
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -52,16 +54,20 @@ def main(argv=None) -> None:
     gen = torch.Generator().manual_seed(args.seed)
     if args.init:
         model = load(args.init).train().requires_grad_(True)
+        if model.arch != args.arch:
+            raise SystemExit(f"--init {args.init!r} holds a {model.arch} model, not --arch {args.arch!r}")
         prior = metadata(args.init)
         prior_steps, prior_seconds = int(prior.get("steps", 0)), float(prior.get("train_seconds", 0))
         print(f"continuing from {args.init} ({prior_steps} steps, {prior_seconds:.0f}s)", flush=True)
     else:
-        model = UNet(Config())
+        model_cls, cfg_cls = ARCHS[args.arch]
+        model = model_cls(cfg_cls())
         prior_steps, prior_seconds = 0, 0.0
     cfg = model.cfg
     ema = copy.deepcopy(model).requires_grad_(False)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"params {n_params / 1e6:.2f}M, cross-attention layers {model.n_attn}", flush=True)
+    kind = "joint" if model.arch == "mmdit" else "cross"
+    print(f"{model.arch}: params {n_params / 1e6:.2f}M, {kind}-attention layers {model.n_attn}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     t0 = time.time()
 
