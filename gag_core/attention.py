@@ -175,7 +175,8 @@ def _cross_torch(q, k, v, mask4, o_d_full, rule, alpha, sm_scale, stats, cap) ->
     for a in range(0, n, step):
         e = min(n, a + step)
         z = _logits(q[:, :, a:e], k_t, _mask_rows(mask4, a, e), dtype)  # (B, H, n, M)
-        p_s, p_d = entmax(z, alpha), entmax(z, 1.0)  # softmax = 1-entmax (fully masked rows → 0)
+        p_d = entmax(z, 1.0)  # softmax = 1-entmax (fully masked rows → 0)
+        p_s = p_d.clone() if alpha == 1.0 else entmax(z, alpha)
         del z
         if o_d_full is None:
             o_d, o_s = p_d @ vv, p_s @ vv  # (B, H, n, Dv)
@@ -208,9 +209,10 @@ def _joint_torch(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm_scale
             lse_t = torch.logsumexp(z_t, dim=-1, keepdim=True)
             # Dense text mass m of each row (0 where the row or its text block is fully masked).
             mass = torch.exp(lse_t - lse_c.unsqueeze(-1)).nan_to_num_(0.0).clamp_(max=1.0)
-            p_s = entmax(z_t, alpha)
-            p_d = torch.exp(z_t.sub_(lse_t)).nan_to_num_(0.0)  # softmax over the text keys alone
-            o_s_t, o_d_t = p_s @ v_t, p_d @ v_t  # (B, H, n, Dv)
+            p_d = entmax(z_t, 1.0)  # softmax over the text keys alone (fully masked rows → 0)
+            p_s = p_d if alpha == 1.0 else entmax(z_t, alpha)  # α = 1: Δ = 0 exactly, out = O_d exactly
+            o_d_t = p_d @ v_t  # (B, H, n, Dv)
+            o_s_t = o_d_t if alpha == 1.0 else p_s @ v_t
             del z_t, p_s, p_d
             g = _combine(o_s_t, o_d_t, rule, stats)
             out[:, :, a:c] = (o_d[:, :, a:c].to(dtype) + mass * (g.to(dtype) - o_d_t)).to(q.dtype)

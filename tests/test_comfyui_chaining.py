@@ -1,0 +1,57 @@
+"""GAG on top of another pack's attention override: the sparse branch corrects the chain's dense output.
+
+A foreign `optimized_attention_override` that halves every attention output stands in for NAG-like patches.
+With α = 1 (entmax = softmax) or PLADIS s = 0 the guided model must give exactly what the foreign override gives
+alone, on UNet and MMDiT alike; with real guidance the foreign override still runs for every call.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from test_comfyui_tiny import comfy  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.comfyui
+FAMILIES = ("sd15", "sdxl", "flux1", "sd3")
+
+
+def _with_foreign_override(model, calls: list):
+    """A clone of `model` whose attention goes through an override that halves the output."""
+    def halve(func, *args, **kwargs):
+        calls.append(1)
+        return func(*args, **kwargs) * 0.5
+
+    patched = model.clone()
+    options = dict(patched.model_options.get("transformer_options", {}))
+    options["optimized_attention_override"] = halve
+    patched.model_options["transformer_options"] = options
+    return patched
+
+
+def _advanced(comfy, model, **kw):
+    inputs = dict(method="gag", scale=5.0, beta=0.0, tau=15.0, alpha=1.5, start_percent=0.0, end_percent=1.0,
+                  blocks="auto")
+    inputs.update(kw)
+    return comfy.run_node("GeometryAwareAttentionGuidanceAdvanced", model=model, **inputs)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_op_guidance_on_a_foreign_override_equals_that_override(comfy, family):  # noqa: F811
+    base = comfy.build(family)
+    calls: list = []
+    foreign = _with_foreign_override(base, calls)
+    alone = comfy.sample(foreign, family)
+    n_alone = len(calls)
+    assert n_alone > 0
+    for kw in (dict(alpha=1.0), dict(alpha=1.0, beta=0.7, tau=0.0), dict(method="pladis", scale=0.0),
+               dict(method="pladis", scale=3.0, alpha=1.0)):
+        calls.clear()
+        out = comfy.sample(_advanced(comfy, foreign, **kw), family)
+        assert torch.equal(out, alone), (family, kw, float((out - alone).abs().max()))
+        assert len(calls) == n_alone  # the foreign override ran for every call, guided ones included
+    guided = comfy.sample(_advanced(comfy, foreign), family)
+    assert not torch.equal(guided, alone)
+    assert torch.isfinite(guided).all()
+    # and the guidance is the correction gag_core computes: the same change as without the foreign override
+    plain_gain = comfy.sample(_advanced(comfy, base), family) - comfy.sample(base, family)
+    assert float(plain_gain.abs().max()) > 0
