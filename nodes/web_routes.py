@@ -12,12 +12,10 @@ the server into nodes.telemetry; outside a running server (tests, scripts) it do
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import sys
 
-from ..gag_core import combine
 from ..gag_core.presets import PRESETS
 from . import telemetry
 
@@ -37,15 +35,10 @@ NODE_PRESET_FIELDS = {
         "by_method": {"pladis": {"scale": "pladis_scale"}},
         "chart": True,
     },
-    "PLADISGuidance": {"widgets": {"scale": "pladis_scale"}, "chart": False},
+    "PLADISGuidance": {"widgets": {"scale": "pladis_scale"}, "chart": True},  # gag_core fills PLADIS stats too
 }
 
 _registered = False
-
-
-def pladis_has_stats() -> bool:
-    """True once gag_core's PLADIS rule fills GuidanceStats too (then its nodes get the chart)."""
-    return "stats" in inspect.signature(combine.pladis_combine).parameters
 
 
 def presets_payload() -> dict:
@@ -53,7 +46,6 @@ def presets_payload() -> dict:
     nodes = {}
     for node_type, spec in NODE_PRESET_FIELDS.items():
         entry = {k: (dict(v) if isinstance(v, dict) else v) for k, v in spec.items()}
-        entry["chart"] = bool(spec["chart"] or pladis_has_stats())
         nodes[node_type] = entry
     return {
         "version": API_VERSION,

@@ -7,7 +7,11 @@ import torch
 from gag_core import entmax, entmax_reference
 
 E = importlib.import_module("gag_core.entmax")
-pkg = pytest.importorskip("entmax")
+try:  # the independent oracle (requirements-test.txt); only the tests that compare with it need it
+    import entmax as pkg
+except ImportError:
+    pkg = None
+needs_package = pytest.mark.skipif(pkg is None, reason="the entmax package (requirements-test.txt) is not installed")
 
 SHAPES = [(3, 77), (2, 5, 17), (64, 1), (4, 3, 200)]
 
@@ -27,6 +31,7 @@ def _package(z, alpha, dim=-1):
     return pkg.entmax_bisect(z, alpha, dim=dim, n_iter=100)
 
 
+@needs_package
 @pytest.mark.parametrize("alpha", [1.0, 1.25, 1.5, 1.75, 2.0])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_matches_entmax_package(alpha, shape):
@@ -39,6 +44,7 @@ def test_matches_entmax_package(alpha, shape):
         assert (p >= 0).all()
 
 
+@needs_package
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.3])
 def test_other_dim(alpha):
     z = _logits((4, 9, 6), 3)
@@ -87,6 +93,7 @@ def test_gradcheck_float64(alpha):
     assert torch.autograd.gradcheck(lambda t: entmax(t, alpha), (z,), eps=1e-6, atol=1e-5)
 
 
+@needs_package
 def test_gradient_matches_package():
     z = _logits((4, 11), 9).requires_grad_()
     w = torch.randn(4, 11)
