@@ -59,6 +59,13 @@ CONFIGS = {
                                      num_heads=2, num_layers=2, qk_norm=True, cross_attn_norm=True, eps=1e-6)),
     "ltxv": ("LTXV", dict(image_model="ltxv", in_channels=128, cross_attention_dim=64, attention_head_dim=32,
                           num_attention_heads=2, caption_channels=32, num_layers=2)),
+    # LTX-2: video + audio streams, each with its own text cross-attention; the text arrives processed (64 =
+    # video 32 + audio 32 channels, as the host's connectors hand it on)
+    "ltxav": ("LTXAV", dict(image_model="ltxav", in_channels=128, audio_in_channels=128, cross_attention_dim=64,
+                            audio_cross_attention_dim=32, attention_head_dim=32, audio_attention_head_dim=16,
+                            num_attention_heads=2, audio_num_attention_heads=2, caption_channels=32, num_layers=2,
+                            connector_attention_head_dim=16, connector_num_attention_heads=2,
+                            connector_num_layers=1)),
     # a family the nodes do not support (AuraFlow): it must pass through unchanged
     "auraflow": ("AuraFlow", dict(in_channels=4, out_channels=4, patch_size=2, dim=64, n_layers=2, n_double_layers=1,
                                   n_heads=2, global_conddim=64, cond_seq_dim=32, max_seq=64)),

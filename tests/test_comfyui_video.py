@@ -24,10 +24,13 @@ VIDEO = {
     "wan21_i2v": dict(channels=16, latent=(2, 8, 8), text=512, real=11, tokens=2 * 4 * 4),
     "wan22_ti2v": dict(channels=48, latent=(2, 8, 8), text=512, real=11, tokens=2 * 4 * 4),
     "ltxv": dict(channels=128, latent=(2, 4, 4), text=128, real=9, tokens=2 * 4 * 4),
+    # audio latent (B, 8, T, 16) -> T tokens; more audio than video tokens, so only the length set tells them apart
+    "ltxav": dict(channels=128, latent=(2, 4, 4), text=20, real=9, tokens=2 * 4 * 4, audio=40, dim=64),
 }
 BLOCKS = [("double", 0), ("double", 1)]
-# attention calls per pass: per block self-attention + text cross-attention (+ I2V image cross-attention)
-CALLS = {"wan21_t2v": 4, "wan21_i2v": 6, "wan22_ti2v": 4, "ltxv": 4}
+# attention calls per pass: per block self-attention + text cross-attention (+ I2V image cross-attention;
+# LTX-2: video and audio each self + text, and audio-to-video, video-to-audio)
+CALLS = {"wan21_t2v": 4, "wan21_i2v": 6, "wan22_ti2v": 4, "ltxv": 4, "ltxav": 12}
 CLIP_TOKENS = 257
 
 
@@ -48,13 +51,14 @@ def conditioning(family: str, seed: int, batch: int = 1):
     all of them, unmasked); LTX's T5 pads to 128 and hands an attention mask."""
     spec = VIDEO[family]
     gen = torch.Generator().manual_seed(seed)
-    context = torch.zeros(batch, spec["text"], 32)
-    context[:, : spec["real"] + seed] = torch.randn(batch, spec["real"] + seed, 32, generator=gen)
+    dim = spec.get("dim", 32)
+    context = torch.zeros(batch, spec["text"], dim)
+    context[:, : spec["real"] + seed] = torch.randn(batch, spec["real"] + seed, dim, generator=gen)
     extra = {}
     if family == "wan21_i2v":
         extra["clip_vision_output"] = SimpleNamespace(
             penultimate_hidden_states=torch.randn(batch, CLIP_TOKENS, 1280, generator=gen))
-    if family == "ltxv":
+    if family in ("ltxv", "ltxav"):
         mask = torch.zeros(batch, spec["text"], dtype=torch.long)
         mask[:, : spec["real"] + seed] = 1
         extra["attention_mask"] = mask
@@ -63,10 +67,20 @@ def conditioning(family: str, seed: int, batch: int = 1):
 
 def sample(comfy, model, family: str, *, steps: int = 2, cfg: float = 2.0, latent=None, seed: int = 0):
     spec = VIDEO[family]
-    shape = (1, spec["channels"]) + tuple(latent or spec["latent"])
+    samples = torch.zeros((1, spec["channels"]) + tuple(latent or spec["latent"]))
+    if "audio" in spec:  # LTX-2 latents are a NestedTensor (video, audio (B, 8, T, 16))
+        from comfy.nested_tensor import NestedTensor
+
+        samples = NestedTensor((samples, torch.zeros(1, 8, spec["audio"], 16)))
     out = comfy.nodes.common_ksampler(model, seed, steps, cfg, "euler", "normal", conditioning(family, 1),
-                                      conditioning(family, 2), {"samples": torch.zeros(shape)}, denoise=1.0)
-    return out[0]["samples"]
+                                      conditioning(family, 2), {"samples": samples}, denoise=1.0)
+    return flat(out[0]["samples"])
+
+
+def flat(samples) -> torch.Tensor:
+    """One tensor of every stream's latent (LTX-2's NestedTensor holds video and audio)."""
+    tensors = getattr(samples, "tensors", None)
+    return samples if tensors is None else torch.cat([t.flatten() for t in tensors])
 
 
 class CallLog:
@@ -94,7 +108,7 @@ FAMILY_PARAMS = [pytest.param(f, id=f) for f in VIDEO]
 def test_detected_as_its_family(comfy, video):
     families = __import__(comfy.patch.__name__.rsplit(".", 1)[0] + ".families", fromlist=["x"])
     fam = families.detect_family(comfy.build(video).model)
-    assert fam is not None and fam.key == ("ltxv" if video == "ltxv" else "wan") and fam.rule == "cross"
+    assert fam is not None and fam.key == ("ltxv" if video.startswith("ltx") else "wan") and fam.rule == "cross"
 
 
 @pytest.mark.parametrize("video", FAMILY_PARAMS, indirect=True)
@@ -114,9 +128,11 @@ def test_guides_exactly_the_text_cross_attention(comfy, monkeypatch, video):
             assert g["batch"] == 2
     self_attn = [c for c in log.calls if c[0] == c[1] == spec["tokens"]]
     image_cross = [c for c in log.calls if c[1] == CLIP_TOKENS]
-    text_cross = [c for c in log.calls if c[1] == spec["text"]]
+    text_cross = [c for c in log.calls if c[1] == spec["text"] and c[0] == spec["tokens"]]
+    audio_text = [c for c in log.calls if c[1] == spec["text"] and c[0] == spec.get("audio")]
     assert len(self_attn) == 2 * 2 and len(text_cross) == len(rec.guided) == 2 * 2
     assert len(image_cross) == (2 * 2 if video == "wan21_i2v" else 0)
+    assert len(audio_text) == (2 * 2 if video == "ltxav" else 0)  # LTX-2 audio queries: dense
 
 
 @pytest.mark.parametrize("video", FAMILY_PARAMS, indirect=True)
@@ -167,10 +183,10 @@ def test_pladis_equals_gag_core(comfy, monkeypatch, video):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-# LTX-Video runs in bfloat16 or float32 only (its supported_inference_dtypes): no float16 case for it
+# LTX runs in bfloat16 or float32 only (its supported_inference_dtypes): no float16 case for it
 HALF = [pytest.param(f, d, id=f"{f}-{n}") for f in VIDEO for d, n in ((torch.float16, "fp16"),
                                                                      (torch.bfloat16, "bf16"))
-        if not (f == "ltxv" and d == torch.float16)]
+        if not (f.startswith("ltx") and d == torch.float16)]
 
 
 @pytest.mark.parametrize("video, dtype", HALF, indirect=["video"])
