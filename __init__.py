@@ -8,7 +8,7 @@ NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 
 # Outside ComfyUI (plain `pytest`, packaging tools) there is no comfy_api: the pure modules stay importable.
 if importlib.util.find_spec("comfy_api") is not None:
-    from .nodes.gag_nodes import NODES
+    from .nodes.gag_nodes import NODES  # the one registration path: V1 mappings of the V3 nodes (0.8 and 0.3x)
 
     for _node in NODES:
         _schema = _node.GET_SCHEMA()

@@ -1,14 +1,18 @@
 """The ComfyUI nodes (V3 schema): GAG, GAG (advanced) and PLADIS. Defaults come from gag_core.presets."""
 from __future__ import annotations
 
-from comfy_api.latest import ComfyExtension, io
+from comfy_api.latest import io
 
+from ..gag_core.entmax import set_compile_default
 from ..gag_core.presets import PRESETS, get_preset
 from .blocks import AUTO, BLOCKS_HELP
 from .families import detect_family
 from .patch import METHODS, apply_guidance
 
 CATEGORY = "model_patches/attention_guidance"
+# Inside ComfyUI gag_core runs eagerly unless GAG_COMPILE=1: measured in ComfyUI's sampler on CPU (SD1.5 width,
+# 512², README nodes section), torch.compile's first-run cost is not paid back within a sampling run.
+set_compile_default(False)
 # UI defaults: the SDXL preset (λ, β, τ, α, s). At run time the detected family's preset sets the rest
 # (τ, α, step window and blocks for the simple nodes; blocks for 'auto').
 _UI = get_preset("sdxl")
@@ -151,14 +155,3 @@ def _family_preset(model):
 
 
 NODES = [GeometryAwareAttentionGuidance, GeometryAwareAttentionGuidanceAdvanced, PLADISGuidance]
-
-
-class GAGExtension(ComfyExtension):
-    """The pack's V3 extension (used by hosts that load comfy_entrypoint)."""
-
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return list(NODES)
-
-
-async def comfy_entrypoint() -> GAGExtension:
-    return GAGExtension()
