@@ -248,7 +248,8 @@ def test_existing_override_is_chained(comfy, family):
     other = model.clone()
     other.model_options["transformer_options"]["optimized_attention_override"] = other_override
     chained = comfy.sample(comfy.run_node(GAG, model=other, scale=5.0, beta=0.0), family)
-    assert torch.equal(chained, plain)  # a pass-through override changes nothing ...
+    # a pass-through override changes nothing but rounding (its O_d is the host kernel's, gag_core's own otherwise) ...
+    torch.testing.assert_close(chained, plain, atol=1e-4, rtol=1e-4)
     assert len(seen) >= 2 * CALLS_PER_PASS[family]  # ... but it ran for every attention call
 
 
