@@ -12,13 +12,15 @@ Fast paths (sort-free, exact):
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
+import time
 import warnings
 
 import torch
 
-from .validate import HALF_DTYPES, check_alpha
+from .validate import ENV_COMPILE, HALF_DTYPES, check_alpha
 
 
 def _row_max(x: torch.Tensor) -> torch.Tensor:
@@ -159,26 +161,51 @@ def _sparsemax_probs(z: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.T
 
 _COMPILED: dict = {}
 _COMPILE_MIN_NUMEL = 2**20
+_AUTO = {"compile": True}  # what GAG_COMPILE=auto (or unset) means; a host may switch it (set_compile_default)
+_log = logging.getLogger("gag_core")
+
+
+def set_compile_default(enabled: bool) -> None:
+    """What GAG_COMPILE unset / 'auto' means: compile large CPU inputs (True, gag_core's default) or never.
+
+    The ComfyUI nodes set False: inside a sampling run the compile time is not paid back (README, nodes section).
+    GAG_COMPILE=1 / 0 still force it on / off.
+    """
+    _AUTO["compile"] = bool(enabled)
 
 
 def _use_compile(z: torch.Tensor) -> bool:
-    """GAG_COMPILE=1 always, 0 never; unset: on CPU for large inputs, where torch.compile pays back."""
-    mode = os.environ.get("GAG_COMPILE", "auto")
+    """GAG_COMPILE=1 always, 0 never; unset / auto: on CPU for ≥ 2²⁰ elements, unless the host set it off."""
+    mode = os.environ.get(ENV_COMPILE, "auto")
     if mode == "0" or _COMPILED.get("broken"):
         return False
     if mode == "1":
         return True
-    return z.device.type == "cpu" and z.numel() >= _COMPILE_MIN_NUMEL
+    return _AUTO["compile"] and z.device.type == "cpu" and z.numel() >= _COMPILE_MIN_NUMEL
 
 
 def compiled_or_eager(fn, *args, size_hint: torch.Tensor):
-    """fn(*args) through torch.compile when enabled for `size_hint`; eager if compiling fails (warned once)."""
+    """fn(*args) through torch.compile when enabled for `size_hint`; eager if compiling fails (warned once).
+
+    The first compiled call of each function is logged with its duration and how to turn compiling off.
+    """
     if _use_compile(size_hint):
         compiled = _COMPILED.get(fn)
-        if compiled is None:
+        first = compiled is None
+        if first:
             compiled = _COMPILED[fn] = torch.compile(fn, dynamic=True)
+            if not _COMPILED.get("announced"):
+                _COMPILED["announced"] = True
+                _log.warning("gag_core: compiling the CPU fast paths with torch.compile (%s=%s); the first call "
+                             "takes a while. Set %s=0 to run eagerly.", ENV_COMPILE,
+                             os.environ.get(ENV_COMPILE, "auto"), ENV_COMPILE)
         try:
-            return compiled(*args)
+            t0 = time.perf_counter()
+            out = compiled(*args)
+            if first:
+                _log.info("gag_core: torch.compile of %s took %.1f s (cached on disk for later runs; %s=0 "
+                          "turns it off).", fn.__name__, time.perf_counter() - t0, ENV_COMPILE)
+            return out
         except Exception as exc:  # no C++ compiler, unsupported platform, ...
             _COMPILED["broken"] = True
             warnings.warn(f"gag_core: torch.compile unavailable ({type(exc).__name__}: {exc}); running eagerly")

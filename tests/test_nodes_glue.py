@@ -104,9 +104,9 @@ def test_detect_supported_families(cls_name, net, key):
 
 
 @pytest.mark.parametrize("cls_name, net, module", [
-    ("WAN21", "WanModel", "comfy.model_base"),  # video
+    ("AuraFlow", "MMDiT", "comfy.model_base"),  # no row
     ("StableAudio1", "AudioDiffusionTransformer", "comfy.model_base"),  # audio
-    ("Chroma", "Chroma", "comfy.model_base"),  # FLUX subclass, not tested: refused
+    ("PixArt", "PixArtMS", "comfy.model_base"),  # attention outside wrap_attn: no row
     ("BaseModel", "SomethingElse", "comfy.model_base"),  # BaseModel around another network
     ("SDXL", "UNetModel", "my_pack.models"),  # a look-alike outside comfy.model_base
     ("SDXL", None, "comfy.model_base"),

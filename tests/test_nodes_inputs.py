@@ -256,7 +256,7 @@ def test_apply_guidance_checks_blocks_against_the_model_and_inputs_first():
         patch.apply_guidance(model, method="gag", scale=5.0, blocks="double:99")
     out = patch.apply_guidance(model, method="gag", scale=5.0, blocks="double:2-99")
     assert out.wrappers["apply_model"]["comfyui_gag"][0].settings.selection.contains("double", 2)
-    unsupported = FakePatcher(fake_model("WAN21", "WanModel"))
+    unsupported = FakePatcher(fake_model("AuraFlow", "MMDiT"))
     with pytest.raises(ValueError, match="beta"):  # bad input is refused before the family is looked at
         patch.apply_guidance(unsupported, method="gag", scale=5.0, beta=5)
     with pytest.raises(ValueError, match="window is empty"):
