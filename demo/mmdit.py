@@ -43,6 +43,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2).to(x.dtype)
 
 
+class RMSNorm(nn.Module):
+    """x·w/√(mean(x²) + ε) over the last dim (FLUX's QK-norm; nn.RMSNorm needs torch ≥ 2.4, the demo ≥ 2.1)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
 class Modulation(nn.Module):
     """adaLN-Zero: vec → n (shift, scale, gate) triples; zero-initialised so every block starts as the identity."""
 
@@ -66,8 +78,8 @@ class Stream(nn.Module):
         self.mod = Modulation(c, 2)
         self.norm1 = nn.LayerNorm(c, elementwise_affine=False, eps=1e-6)
         self.qkv = nn.Linear(c, 3 * c)
-        self.q_norm = nn.RMSNorm(c // cfg.heads, eps=1e-6)
-        self.k_norm = nn.RMSNorm(c // cfg.heads, eps=1e-6)
+        self.q_norm = RMSNorm(c // cfg.heads)
+        self.k_norm = RMSNorm(c // cfg.heads)
         self.proj = nn.Linear(c, c)
         self.norm2 = nn.LayerNorm(c, elementwise_affine=False, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(c, cfg.mlp_ratio * c), nn.GELU(approximate="tanh"),
