@@ -26,10 +26,13 @@ def _scale_ranges() -> str:
     return "; ".join(f"{', '.join(labels)}: {lo:g}–{hi:g}" for (lo, hi), labels in groups.items())
 
 
-SCALE_TIP = ("λ, guidance scale of GAG: out = O_s + λ·c·G, extrapolating from the sparse (α-entmax) attention "
-             "output O_s along G. 0 gives plain sparse attention. Useful ranges: " + _scale_ranges() + ".")
-BETA_TIP = ("β, weight of the orthogonal component Δ⊥ of Δ = O_s − O_d in G = Δ∥ + β·Δ⊥. 0 keeps only the part "
-            "parallel to O_s (the paper's default, most stable); 1 with τ = 0 is PLADIS with s = 1 + λ.")
+SCALE_TIP = ("λ, guidance scale of GAG: out = O_s + λ·c·G, extrapolating from the sparse (α-entmax) text "
+             "retrieval O_s along G. In joint attention (FLUX, Qwen-Image, SD3, ...) the rule acts on the text keys "
+             "only and is mixed back with each image token's text attention mass m: out = O_d + m·(g − O_d^text). "
+             "0 gives plain sparse attention. Useful ranges: " + _scale_ranges() + ".")
+BETA_TIP = ("β, weight of the orthogonal component Δ⊥ of Δ = O_s − O_d in G = Δ∥ + β·Δ⊥ (O_s, O_d: sparse and "
+            "dense retrieval over the text keys). 0 keeps only the part parallel to O_s (the paper's default, most "
+            "stable); 1 with τ = 0 is PLADIS with s = 1 + λ.")
 TAU_TIP = "τ, norm cap: G is scaled by c = min(1, τ/‖G‖) per token and head, which keeps large λ stable. 0 = no cap."
 ALPHA_TIP = ("α of α-entmax for the sparse attention O_s: 1.0 = softmax (no change), 1.5 = entmax (default), "
              "2.0 = sparsemax.")

@@ -22,7 +22,7 @@ SCRIPT = r"""
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import * as m from "./gag_model.mjs";
-import { drawChart, SERIES, CHART_HEIGHT } from "./gag_chart.mjs";
+import { drawChart, SERIES, CHART_HEIGHT, LEGEND_NOTE } from "./gag_chart.mjs";
 
 const { payload, expected } = JSON.parse(readFileSync("./input.json", "utf8"));
 let checks = 0;
@@ -125,10 +125,11 @@ check(() => {
 // --- drawing on a recording canvas context
 function recorder() {
   const calls = [];
-  return new Proxy({ calls, measureText: (t) => ({ width: 6 * t.length }) }, {
+  const texts = [];
+  return new Proxy({ calls, texts, measureText: (t) => ({ width: 6 * t.length }) }, {
     get(target, key) {
       if (key in target) return target[key];
-      return (...args) => { calls.push(key); };
+      return (...args) => { calls.push(key); if (key === "fillText") texts.push(args[0]); };
     },
     set(target, key, value) { target[key] = value; return true; },
   });
@@ -140,6 +141,7 @@ check(() => {
   drawChart(ctx, d, 10, 0, 300, CHART_HEIGHT);
   assert.equal(ctx.calls.filter((c) => c === "arc").length, SERIES.length * 4 - 1);  // a dot per value
   assert.equal(ctx.calls.filter((c) => c === "save").length, ctx.calls.filter((c) => c === "restore").length);
+  assert.ok(ctx.texts.includes(LEGEND_NOTE) && LEGEND_NOTE.includes("joint"));  // what Oₛ means on each path
   const empty = recorder();
   drawChart(empty, new m.ChartData(), 10, 0, 300, CHART_HEIGHT);
   drawChart(empty, null, 10, 0, 300, CHART_HEIGHT, "note");

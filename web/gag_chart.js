@@ -2,8 +2,11 @@
 //   orange  mean ‖λ·c·G‖ / ‖O_s‖   (relative size of the guidance; own scale, right axis)
 //   red     fraction of (token, head) whose ‖G‖ was capped at τ   (0–1, left axis)
 //   blue    ‖Δ∥‖² / ‖Δ‖², the share of Δ's energy parallel to O_s  (0–1, left axis)
+// O_s is the sparse retrieval over the text keys: in cross-attention the whole output, in joint attention
+// (FLUX, Qwen-Image, SD3, ...) the text sub-operator O_s^t that GAG acts on (LEGEND_NOTE says so on the chart).
 
 export const CHART_HEIGHT = 150;
+export const LEGEND_NOTE = "Oₛ: sparse text retrieval (joint attention: over the text keys only, Oₛᵗ)";
 
 export const SERIES = [
   { key: "relGuidance", label: "‖λcG‖/‖Oₛ‖", color: "#f5a623", unit: false },
@@ -43,7 +46,7 @@ export function drawChart(ctx, data, x, y, w, h, note = null) {
 
   const points = data?.points ?? [];
   const n = Math.max(data?.steps ?? 0, points.length, 1);
-  const px = x + 28, py = y + 30, pw = w - 58, ph = h - 48;
+  const px = x + 28, py = y + 38, pw = w - 58, ph = h - 56;
   const relMax = niceMax(Math.max(0, ...points.filter(Boolean).map((p) => p.relGuidance ?? 0)));
   const sx = (i) => px + (n <= 1 ? pw / 2 : (i / (n - 1)) * pw);
   const sy = (v, unit) => py + ph - Math.max(0, Math.min(1, unit ? v : v / relMax)) * ph;
@@ -61,6 +64,10 @@ export function drawChart(ctx, data, x, y, w, h, note = null) {
     ctx.fillText(text, lx + 11, y + 12);
     lx += 15 + ctx.measureText(text).width;
   }
+  ctx.font = "9px sans-serif";
+  ctx.fillStyle = "#888";
+  ctx.fillText(LEGEND_NOTE, x + 8, y + 25);
+  ctx.font = "10px sans-serif";
 
   // grid and axes
   ctx.strokeStyle = "#2c2c2c";
