@@ -356,3 +356,84 @@ def test_half_precision_gives_finite_latents(jc, recorder, family, dtype):
         out = jc.sample(jc.run_node(node, model=model, **inputs), family)
         assert torch.isfinite(out).all(), node
     assert rec.guided and {g["dtype"] for g in rec.guided} == {dtype}
+
+
+# ----------------------------------------------------------------------------------------------- references, padding
+
+def test_krea2_reference_rows_stay_dense(jc, recorder):
+    """Krea 2 [text | image | reference]: the host's img_slice and reference_image_num_tokens place the rows."""
+    model = jc.build("krea2")
+    ref = torch.randn(1, 16, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    extra = {"reference_latents_method": "index"}
+    positive = jc.conditioning("krea2", 7, seed=1, reference=ref, extra=extra)
+    negative = jc.conditioning("krea2", 9, seed=2, reference=ref, extra=extra)
+    baseline = jc.sample(model, "krea2", positive=positive, negative=negative)
+    rec = recorder(keep_tensors=True)
+    out = jc.sample(jc.run_node(GAG, model=model, scale=5.0, beta=0.0), "krea2", positive=positive,
+                    negative=negative)
+    assert torch.isfinite(out).all() and not torch.equal(out, baseline)
+    assert rec.guided
+    ac = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
+    for g in rec.guided:
+        t = g["q_len"] - 32
+        assert t in (7, 9) and g["text_range"] == (0, t) and g["guided_stop"] == t + 16
+        call, got = g["tensors"]
+        q, k, v = (ac.to_bhld(x, call.heads, call.skip_reshape) for x in (call.q, call.k, call.v))
+        got = ac.output_to_bhld(got, call.heads, call.skip_output_reshape).double()
+        torch.testing.assert_close(got[:, :, t + 16:], _dense(q, k, v, None)[:, :, t + 16:], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family, extra", [
+    ("zimage", "reference_latents"),  # Z-Image Omni: [captions | refs | image], another length
+    ("hunyuan_video", "ref_latent"),  # I2V "v2": reference tokens before the image
+    ("hidream", "concat_latent_image"),  # E1: reference columns interleaved with the image's
+])
+def test_packed_references_pass_through(jc, recorder, family, extra):
+    """Layouts whose reference tokens cannot be told from the image rows are not guided at all."""
+    model = jc.build(family)
+    if family == "zimage" and host_version(jc) == "0.8":
+        pytest.skip("ComfyUI 0.8.0's NextDiT has no Omni path: it ignores reference latents")
+    channels, frames = CONFIGS[family][2]
+    shape = (1, channels, 8, 8) if frames is None else (1, channels, frames, 8, 8)
+    ref = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    extras = {"reference_latents": [ref]} if extra == "reference_latents" else {extra: ref}
+    positive = jc.conditioning(family, 7, seed=1, extra=extras)
+    negative = jc.conditioning(family, 9, seed=2, extra=extras)
+    baseline = jc.sample(model, family, positive=positive, negative=negative)
+    rec = recorder()
+    out = jc.sample(jc.run_node(GAG, model=model, scale=5.0, beta=0.0), family, positive=positive,
+                    negative=negative)
+    assert rec.passes >= 2 and rec.calls and not rec.guided
+    assert torch.equal(out, baseline)
+
+
+def test_hunyuan_padded_text_keys_are_masked(jc, recorder):
+    """HunyuanVideo's text padding reaches the call as an additive key mask; the padded keys get no weight."""
+    model = jc.build("hunyuan_video")
+    mask = torch.ones(1, 9, dtype=torch.long)  # as the text encoders return it
+    mask[:, 6:] = 0  # 6 real tokens, 3 padding
+    positive = jc.conditioning("hunyuan_video", 9, seed=1, extra={"attention_mask": mask})
+    # the negative prompt has another length: the host builds its (1, 1, L) mask for one prompt per pass
+    negative = jc.conditioning("hunyuan_video", 7, seed=2)
+    rec = recorder(keep_tensors=True)
+    jc.sample(jc.run_node(GAG, model=model, scale=6.0, beta=0.3), "hunyuan_video", positive=positive,
+              negative=negative, steps=1)
+    ac = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
+    assert rec.guided
+    for g in rec.guided:
+        call, out = g["tensors"]
+        if g["q_len"] != 9 + HUNYUAN_IMAGE:
+            continue  # the unpadded negative prompt
+        assert call.mask is not None
+        q, k, v = (ac.to_bhld(x, call.heads, call.skip_reshape) for x in (call.q, call.k, call.v))
+        got = ac.output_to_bhld(out, call.heads, call.skip_output_reshape).double()
+        m4 = ac.mask_to_4d(call.mask)
+        s, e = g["text_range"]
+        assert e - s == 9 and bool((m4[..., s + 6:e] < -1e3).all()) and bool((m4[..., s:s + 6] == 0).all())
+        stop = g["guided_stop"] if g["guided_stop"] is not None else q.shape[2]
+        image = [r for r in range(q.shape[2]) if not s <= r < e and r < stop]
+        delta = got[:, :, image] - _dense(q, k, v, m4)[:, :, image]
+        v_real = v[:, :, s:s + 6].double()  # the change is a mix of the 6 real text values only
+        coef = torch.linalg.lstsq(v_real.transpose(-1, -2), delta.transpose(-1, -2)).solution
+        residual = delta - (v_real.transpose(-1, -2) @ coef).transpose(-1, -2)
+        assert delta.abs().max() > 1e-4 and residual.abs().max() < 1e-4 * max(1.0, float(delta.abs().max()))
