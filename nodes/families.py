@@ -123,6 +123,27 @@ def detect_family(base_model) -> Family | None:
     return family
 
 
+# Known comfy.model_base classes that pass through unguided, and why (the warning quotes it; README lists them).
+PASS_THROUGH: dict[str, str] = {
+    "MiniMaxH3": "its one packed batch-1 sequence [text | keyframe / reference rows | target audio | target video] "
+                 "has no block ids, the target video rows are known only to the host's PackedLayout, and "
+                 "whenever an image or video conditions it the text span holds Qwen3-VL vision tokens, so the "
+                 "keys GAG would sparsify are not the text alone",
+    "QwenImage21": "Qwen-Image 2.1's block-causal attention (target queries against a cached text prefix, q "
+                   "length ≠ k length) is not in the ComfyUI versions tested (0.8.0, 0.33.0)",
+    "ZImagePixelSpace": "the pixel-space Z-Image (NextDiTPixelSpace) has not been tested",
+    "HunyuanVideoI2V": "the image-to-video variant has not been tested",
+    "HunyuanVideoSkyreelsI2V": "the SkyReels image-to-video variant has not been tested",
+    "HunyuanVideo15_SR_Distilled": "the super-resolution variant has not been tested",
+    "HiDreamO1": "HiDream-O1 is a unified LLM-style transformer, not the joint [image | text] DiT tested here",
+}
+
+
+def unsupported_reason(base_model) -> str:
+    """Why a known model class passes through unguided ("" when the class is not a known one)."""
+    return PASS_THROUGH.get(type(base_model).__name__, "")
+
+
 def supported_labels() -> str:
     """The supported families for messages: 'SD 1.x / 2.x, SDXL, ...'."""
     return ", ".join(f.label for f in FAMILY_ROWS)

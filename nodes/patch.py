@@ -30,7 +30,7 @@ from ..gag_core.presets import get_preset
 from . import telemetry
 from .attention_call import AttentionCall, bind_attention_call, mask_to_4d, output_from_bhld, output_to_bhld
 from .blocks import BlockSelection, describe_blocks, matches_any, model_blocks, parse_blocks
-from .families import Family, describe_model, detect_family, supported_labels
+from .families import Family, describe_model, detect_family, supported_labels, unsupported_reason
 from .inputs import METHODS, check_inputs
 from .routing import PassInfo, Route, add_family_facts, image_token_count, in_window, route_call
 from .run_check import OUTER_SAMPLE, RunWatch
@@ -208,8 +208,14 @@ def apply_guidance(model, *, method: str, scale: float, beta: float = 0.0, tau=1
     start, end = checked.start, checked.end
     family = detect_family(getattr(model, "model", None))
     if family is None:
-        logger.warning("[GAG] %s is not a supported model (%s); the model passes through unguided.",
-                       describe_model(getattr(model, "model", None)), supported_labels())
+        base = getattr(model, "model", None)
+        reason = unsupported_reason(base)
+        if reason:
+            logger.warning("[GAG] %s is not a supported model: %s. The model passes through unguided (supported: "
+                           "%s).", describe_model(base), reason, supported_labels())
+        else:
+            logger.warning("[GAG] %s is not a supported model (%s); the model passes through unguided.",
+                           describe_model(base), supported_labels())
         return model
     preset = get_preset(family.key)
     available = model_blocks(family.block_counts, getattr(model.model, "diffusion_model", None))

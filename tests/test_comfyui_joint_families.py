@@ -437,3 +437,17 @@ def test_hunyuan_padded_text_keys_are_masked(jc, recorder):
         coef = torch.linalg.lstsq(v_real.transpose(-1, -2), delta.transpose(-1, -2)).solution
         residual = delta - (v_real.transpose(-1, -2) @ coef).transpose(-1, -2)
         assert delta.abs().max() > 1e-4 and residual.abs().max() < 1e-4 * max(1.0, float(delta.abs().max()))
+
+
+@pytest.mark.parametrize("cls_name", ["MiniMaxH3", "QwenImage21", "ZImagePixelSpace"])
+def test_known_unsupported_models_pass_through_with_the_reason(jc, caplog, cls_name):
+    import logging
+    import types
+
+    base = type(cls_name, (), {"__module__": "comfy.model_base"})()
+    model = types.SimpleNamespace(model=base)
+    with caplog.at_level(logging.WARNING):
+        assert jc.patch.apply_guidance(model, method="gag", scale=5.0) is model
+    families = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".families", fromlist=["x"])
+    messages = [r.getMessage() for r in caplog.records if "not a supported model" in r.getMessage()]
+    assert len(messages) == 1 and cls_name in messages[0] and families.PASS_THROUGH[cls_name] in messages[0]
