@@ -451,3 +451,30 @@ def test_known_unsupported_models_pass_through_with_the_reason(jc, caplog, cls_n
     families = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".families", fromlist=["x"])
     messages = [r.getMessage() for r in caplog.records if "not a supported model" in r.getMessage()]
     assert len(messages) == 1 and cls_name in messages[0] and families.PASS_THROUGH[cls_name] in messages[0]
+
+
+@pytest.mark.parametrize("family, blocks, want", [
+    ("hidream", "single:1", [("single", 1)]),  # counted calls numbered double first, then single
+    ("hidream", "double", [("double", 0)]),
+    ("zimage", "double:1", [("double", 1)]),
+    ("hunyuan_video", "single", [("single", 0), ("single", 1)]),
+])
+def test_block_selection(jc, recorder, family, blocks, want):
+    model = jc.build(family)
+    rec = recorder()
+    jc.sample(jc.run_node(ADV, model=model, method="gag", scale=5.0, beta=0.0, tau=15.0, alpha=1.5,
+                          start_percent=0.0, end_percent=1.0, blocks=blocks), family, steps=1)
+    passes = rec.per_pass()
+    assert passes and all([g["block"] for g in guided] == want for guided in passes.values())
+
+
+@pytest.mark.parametrize("family", ["zimage", "chroma", "hunyuan_video15", "hidream", "krea2"])
+def test_cfg_batch_and_batch_of_two(jc, recorder, family):
+    """Equal prompt lengths: cond and uncond of two latents run as one batch of 4."""
+    model = jc.build(family)
+    negative = jc.conditioning(family, 7, seed=2)
+    baseline = jc.sample(model, family, batch=2, negative=negative)
+    rec = recorder()
+    out = jc.sample(jc.run_node(GAG, model=model, scale=5.0, beta=0.0), family, batch=2, negative=negative)
+    assert out.shape == baseline.shape and torch.isfinite(out).all() and not torch.equal(out, baseline)
+    assert {g["batch"] for g in rec.guided} == {4} and len(rec.per_pass()) == rec.passes == 2
