@@ -10,6 +10,8 @@ checked below by recording the calls:
 | HunyuanVideo, 1.5 (`HunyuanVideo`, `HunyuanVideo15` / `HunyuanVideo`) | "double" i, "single" i (0.33 adds img_slice) | 0.8.0: [image | text], 0.33.0: [text | image]; text = byT5 tokens (1.5) + LLM tokens (c_crossattn) (+ CLIP-vision tokens, 1.5 I2V) | text padding: additive (1, 1, L) key mask; the token refiner (text only) runs first; ref_latent (I2V v2) prepends image tokens: not routed |
 | Krea 2 (`Krea2` / `SingleStreamDiT`, 0.33 only) | "single" i, img_slice = [T, L], reference_image_num_tokens | [text T | image | reference]; T = c_crossattn length = img_slice[0] | no mask; the text-fusion blocks (text only) run first |
 | HiDream (`HiDream` / `HiDreamImageTransformer2DModel`) | no block ids: 1 call per double then per single block | [image I | T5 | LLM | LLM of the block]; text = everything after I | no mask; E1 (image_cond, concatenated along width) interleaves reference columns: not routed |
+| MiniMax H3 (`MiniMaxH3`, 0.33) | no block ids; q/k/v as AttentionTensorContainer | one packed batch-1 sequence [text | keyframes / refs | target audio | target video]; the text span holds Qwen3-VL vision tokens (tag 0) whenever an image or video conditions it | passes through with its reason (families.PASS_THROUGH) |
+| Qwen-Image 2.1 (`QwenImage21`) | not in 0.8.0 nor 0.33.0 (commit 783545f) | block-causal: target queries against a cached [text | condition image] prefix, q length < k length | well defined (below: text keys = prefix columns, no text query rows); passes through until a host has the class |
 
 Test battery per family (on each host that has its class): the guided calls are exactly the intended
 ones (counted per pass); only image-query × text-key weights change (text query rows and image-only
@@ -478,3 +480,18 @@ def test_cfg_batch_and_batch_of_two(jc, recorder, family):
     out = jc.sample(jc.run_node(GAG, model=model, scale=5.0, beta=0.0), family, batch=2, negative=negative)
     assert out.shape == baseline.shape and torch.isfinite(out).all() and not torch.equal(out, baseline)
     assert {g["batch"] for g in rec.guided} == {4} and len(rec.per_pass()) == rec.passes == 2
+
+
+def test_cached_text_prefix_is_a_well_defined_text_retrieval(jc):
+    """Qwen-Image 2.1's block-causal case on gag_core alone: target queries (q shorter than k) against keys
+    [text prefix | condition image | target]; the change is a mix of the prefix's text values only."""
+    gen = torch.Generator().manual_seed(7)
+    b, h, d, text, cond, target = 1, 2, 32, 6, 10, 12
+    q = torch.randn(b, h, target, d, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(b, h, text + cond + target, d, generator=gen, dtype=torch.float64) for _ in range(2))
+    out = jc.gag_core_attention.joint_gag_attention(q, k, v, text_range=(0, text), scale=5.0, beta=0.3)
+    delta = out - _dense(q, k, v, None)  # every target row is an image row: all are guided
+    v_t = v[:, :, :text]
+    coef = torch.linalg.lstsq(v_t.transpose(-1, -2), delta.transpose(-1, -2)).solution
+    residual = delta - (v_t.transpose(-1, -2) @ coef).transpose(-1, -2)
+    assert delta.abs().amax(dim=(-1, 0, 1)).min() > 1e-6 and residual.abs().max() < 1e-9
