@@ -229,9 +229,30 @@ class Page:
         self.page.wait_for_function("() => window.comfyAPI?.app?.app?.graph && window.LiteGraph"
                                     " && window.LiteGraph.registered_node_types['GeometryAwareAttentionGuidance']"
                                     " && window.comfyAPI.api.api.clientId")
+        # Front end 1.4x loads its default workflow (or restores the last one) asynchronously after the app is
+        # up; a graph loaded or built before that is replaced. Wait for that first graph before touching it.
+        try:
+            self.page.wait_for_function("() => window.comfyAPI.app.app.graph.nodes.length > 0", timeout=15_000)
+        except Exception:  # an empty first graph (nothing to wait for)
+            pass
+        self.page.wait_for_timeout(500)
 
     def js(self, script: str, arg=None):
         return self.page.evaluate(script, arg)
+
+    def load_workflow(self, workflow: dict, node_id: str, tries: int = 4) -> None:
+        """loadGraphData(workflow) until node `node_id` of the workflow is on the canvas (a late default-workflow
+        load of the front end can replace the first attempt)."""
+        wanted = next(n["type"] for n in workflow["nodes"] if str(n["id"]) == node_id)
+        for attempt in range(tries):
+            self.js("async (w) => { await window.comfyAPI.app.app.loadGraphData(w); }", workflow)
+            try:
+                self.page.wait_for_function("([id, type]) => window.comfyAPI.app.app.graph.getNodeById(Number(id))"
+                                            "?.type === type", arg=[node_id, wanted], timeout=10_000)
+                return
+            except Exception:
+                if attempt == tries - 1:
+                    raise
 
     def close(self):
         self.context.close()
@@ -264,8 +285,8 @@ def test_bundled_workflow_shows_sliders_preset_menu_and_chart(server, browser, t
     page = Page(browser, server["url"])
     try:
         workflow = json.loads((REPO_ROOT / "workflows" / "gag_sdxl.json").read_text())
-        page.js("(w) => window.comfyAPI.app.app.loadGraphData(w)", workflow)
         node_id = next(str(n["id"]) for n in workflow["nodes"] if n["type"] == "GeometryAwareAttentionGuidance")
+        page.load_workflow(workflow, node_id)
         page.page.wait_for_function("(id) => window.comfyAPI.app.app.graph.getNodeById(Number(id))?.__gag", arg=node_id)
         widgets = _gag_widgets(page, node_id)
         # the node's own sliders keep the workflow's values; the extension adds menu, toggle and chart after them
@@ -312,7 +333,12 @@ def test_bundled_workflow_shows_sliders_preset_menu_and_chart(server, browser, t
 def test_tiny_prompt_fills_both_charts(server, browser, tmp_path):
     page = Page(browser, server["url"])
     try:
-        ids = page.js(BUILD_TINY_GRAPH, [STEPS])
+        for _ in range(4):  # rebuilt if a late default-workflow load of the front end replaced it
+            ids = page.js(BUILD_TINY_GRAPH, [STEPS])
+            page.page.wait_for_timeout(1000)
+            if page.js("(ids) => ids.every((id) => window.comfyAPI.app.app.graph.getNodeById(Number(id))"
+                       "?.type?.startsWith('GeometryAwareAttentionGuidance'))", ids):
+                break
         # both charts are subscribed before the prompt is queued
         page.page.wait_for_function("(ids) => fetch('/api/gag/telemetry').then((r) => r.json())"
                                     ".then((j) => ids.every((id) => j.nodes.includes(id)))", arg=ids)
@@ -363,8 +389,8 @@ def test_older_back_end_without_routes_leaves_the_page_working(server, browser):
     page = Page(browser, server["url"], block_presets=True)
     try:
         workflow = json.loads((REPO_ROOT / "workflows" / "gag_sdxl.json").read_text())
-        page.js("(w) => window.comfyAPI.app.app.loadGraphData(w)", workflow)
         node_id = next(str(n["id"]) for n in workflow["nodes"] if n["type"] == "GeometryAwareAttentionGuidance")
+        page.load_workflow(workflow, node_id)
         page.page.wait_for_function("(id) => window.comfyAPI.app.app.graph.getNodeById(Number(id))", arg=node_id)
         widgets = _gag_widgets(page, node_id)
         assert list(widgets) == ["scale", "beta"]  # the node as the back end defines it, nothing added
