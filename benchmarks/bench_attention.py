@@ -37,20 +37,18 @@ def naive_cross(q, k, v, scale, beta=0.0, tau=15.0):
 
 
 def naive_joint(q, k, v, text, scale, beta=0.0, tau=15.0):
-    """Reference for joint attention: full logits, dense mass kept, entmax on the image × text block."""
+    """Reference for joint attention: full logits; image rows get O_d + m·(rule(O_s^t, O_d^t) − O_d^t)."""
     from entmax import entmax15
 
     s, e = text
     z = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
     p = torch.softmax(z, dim=-1)
-    img = torch.ones(z.shape[-2], dtype=torch.bool)
-    img[s:e] = False
-    p_s = p.clone()
-    mass = p[:, :, img, s:e].sum(-1, keepdim=True)
-    p_s[:, :, img, s:e] = mass * entmax15(z[:, :, img, s:e], dim=-1)
-    o_d, o_s = p @ v, p_s @ v
-    out = gag_core.gag_combine_reference(o_s, o_d, scale=scale, beta=beta, tau=tau).to(q.dtype)
-    out[:, :, ~img] = o_d[:, :, ~img]
+    o_d = p @ v
+    z_t, v_t = z[..., s:e], v[:, :, s:e]
+    o_s_t, o_d_t = entmax15(z_t, dim=-1) @ v_t, torch.softmax(z_t, dim=-1) @ v_t
+    g = gag_core.gag_combine_reference(o_s_t, o_d_t, scale=scale, beta=beta, tau=tau)
+    out = (o_d + p[..., s:e].sum(-1, keepdim=True) * (g - o_d_t)).to(q.dtype)
+    out[:, :, s:e] = o_d[:, :, s:e]
     return out
 
 
