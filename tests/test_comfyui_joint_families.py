@@ -68,7 +68,7 @@ CONFIGS = {
                                                num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[8, 12, 12],
                                                theta=256, patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=False,
                                                byt5=True, meanflow=False, use_cond_type_embedding=True,
-                                               vision_in_dim=None, meanflow_sum=False), (32, 2), 32),
+                                               vision_in_dim=32, meanflow_sum=False), (32, 2), 32),
     "krea2": ("Krea2", dict(image_model="krea2", features=64, tdim=32, txtdim=16, heads=2, kvheads=1, multiplier=2,
                             layers=2, patch=2, channels=16, theta=1000, txtlayers=2, txtheads=2, txtkvheads=2),
               (16, 1), 32),
@@ -495,3 +495,23 @@ def test_cached_text_prefix_is_a_well_defined_text_retrieval(jc):
     coef = torch.linalg.lstsq(v_t.transpose(-1, -2), delta.transpose(-1, -2)).solution
     residual = delta - (v_t.transpose(-1, -2) @ coef).transpose(-1, -2)
     assert delta.abs().amax(dim=(-1, 0, 1)).min() > 1e-6 and residual.abs().max() < 1e-9
+
+
+def test_hunyuan15_clip_vision_tokens_count_as_text(jc, recorder):
+    """HunyuanVideo 1.5 I2V prepends CLIP-vision tokens to [byT5 | LLM]: the text span grows by their count."""
+    import types
+
+    model = jc.build("hunyuan_video15")
+    gen = torch.Generator().manual_seed(4)
+    vision = types.SimpleNamespace(last_hidden_state=torch.randn(1, 5, 32, generator=gen))
+    positive = jc.conditioning("hunyuan_video15", 7, seed=1, extra={"clip_vision_output": vision})
+    negative = jc.conditioning("hunyuan_video15", 9, seed=2, extra={"clip_vision_output": vision})
+    rec = recorder()
+    jc.sample(jc.run_node(GAG, model=model, scale=5.0, beta=0.0), "hunyuan_video15", positive=positive,
+              negative=negative, steps=1)
+    version = host_version(jc)
+    assert len(rec.guided) == 4  # two prompts x (double 0, single 0)
+    for g in rec.guided:
+        n = g["q_len"] - HUNYUAN_IMAGE
+        assert n in (5 + 3 + 7, 5 + 3 + 9)
+        assert g["text_range"] == ((HUNYUAN_IMAGE, g["q_len"]) if version == "0.8" else (0, n))
