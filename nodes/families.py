@@ -126,9 +126,9 @@ def detect_family(base_model) -> Family | None:
 # Known comfy.model_base classes that pass through unguided, and why (the warning quotes it; README lists them).
 PASS_THROUGH: dict[str, str] = {
     "MiniMaxH3": "its one packed batch-1 sequence [text | keyframe / reference rows | target audio | target video] "
-                 "has no block ids, the target video rows are known only to the host's PackedLayout, and "
-                 "whenever an image or video conditions it the text span holds Qwen3-VL vision tokens, so the "
-                 "keys GAG would sparsify are not the text alone",
+                 "has no block ids, and whenever an image or video conditions it the text span holds Qwen3-VL "
+                 "vision tokens, so the keys GAG would sparsify are not the text alone (text-to-video alone is "
+                 "not routed yet)",
     "QwenImage21": "Qwen-Image 2.1's block-causal attention (target queries against a cached text prefix, q "
                    "length ≠ k length) is not in the ComfyUI versions tested (0.8.0, 0.33.0)",
     "ZImagePixelSpace": "the pixel-space Z-Image (NextDiTPixelSpace) has not been tested",
