@@ -11,12 +11,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..gag_core.validate import quote
+
 GROUPS = {"unet": ("input", "middle", "output"), "mmdit": ("double", "single")}
 AUTO = "auto"
 MAX_CHARS = 1000  # longest accepted `blocks` text
 MAX_DIGITS = 6  # longest block number (no model has a million blocks); checked before int()
 _ITEM = re.compile(r"([a-z]+)(?::(\d+)(?:-(\d+))?)?")
-_QUOTE = 60
 
 BLOCKS_HELP = (
     "Guided blocks, comma separated: a group, or a group with a block number or range. "
@@ -27,12 +28,6 @@ BLOCKS_HELP = (
 )
 
 Spans = tuple[tuple[int, int], ...]  # sorted, disjoint, non-adjacent closed intervals [lo, hi]
-
-
-def quote(value, limit: int = _QUOTE) -> str:
-    """repr(value) cut to `limit` characters (an error never echoes unbounded input)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit - 20]}...({len(text)} chars)"
 
 
 def merge_spans(spans) -> Spans:

@@ -8,7 +8,7 @@ import math
 import numbers
 from dataclasses import dataclass
 
-from .blocks import quote
+from ..gag_core.validate import quote
 
 METHODS = ("gag", "pladis")
 

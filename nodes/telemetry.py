@@ -22,6 +22,7 @@ import threading
 from dataclasses import dataclass, field
 
 from ..gag_core.stats import GuidanceStats
+from ..gag_core.validate import quote
 
 logger = logging.getLogger("comfyui_gag")
 
@@ -30,17 +31,10 @@ MAX_NODES_PER_CLIENT = 256
 MAX_NODE_ID_CHARS = 128
 MAX_CLIENT_ID_CHARS = 256  # ComfyUI's client ids are 32 hex characters
 MAX_CLIENTS = 64  # pages subscribed at once; disconnected ones are dropped first when it is reached
-_QUOTE = 60
 
 
 class TooManyClients(ValueError):
     """Every subscription slot is taken by a connected page (the route answers 429)."""
-
-
-def quote(value, limit: int = _QUOTE) -> str:
-    """repr(value) cut to `limit` characters: a rejection never echoes unbounded input."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit - 20]}...({len(text)} chars)"
 
 
 def check_client_id(client_id) -> str:
