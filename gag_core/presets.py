@@ -52,7 +52,7 @@ PRESETS: dict[str, Preset] = {
                "Video: video-query × text-key cross-attention of every block; LTX-2's audio queries stay dense."),
         Preset("zimage", "Z-Image / Lumina 2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0),
                (0.0, 0.3), "Joint [caption | image] in every main layer; Z-Image Turbo runs at CFG 1, where GAG is "
-               "the only guidance (start near λ 3)."),
+               "the only guidance."),
         Preset("chroma", "Chroma / Chroma Radiance", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0,
                (2.0, 10.0), (0.0, 0.3), "FLUX layout [text | image] without pooled vector; as FLUX.1."),
         Preset("hunyuan_video", "HunyuanVideo / 1.5", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0,
