@@ -67,8 +67,14 @@ async def read_body(request) -> bytes | None:
     """The request body, or None when it is longer than MAX_BODY_BYTES (read no further than that)."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return None
-    data = await request.content.read(MAX_BODY_BYTES + 1)
-    return None if len(data) > MAX_BODY_BYTES else data
+    chunks, size = [], 0
+    while size <= MAX_BODY_BYTES:  # read() returns what has arrived: loop until EOF or past the cap
+        chunk = await request.content.read(MAX_BODY_BYTES + 1 - size)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    return None
 
 
 def _prompt_id():

@@ -433,6 +433,14 @@ def test_routes_cap_the_body_and_answer_429_when_full(monkeypatch):
 
             r = await client.post("/gag/telemetry", data=chunks())
             assert r.status == 413
+
+            async def trickle():  # a valid body arriving in pieces is read whole
+                for piece in (b'{"client_id": ', b'"a", "nodes"', b': ["1"]}'):
+                    await asyncio.sleep(0.01)
+                    yield piece
+
+            r = await client.post("/gag/telemetry", data=trickle())
+            assert r.status == 200 and (await r.json())["nodes"] == ["1"]
             r = await client.post("/gag/telemetry", json={"client_id": "a" * 257, "nodes": ["1"]})
             text = (await r.json())["error"]
             assert r.status == 400 and "257 characters" in text and len(text) < 200
