@@ -49,6 +49,7 @@ class Family:
     # joint: (apply_model conditioning keyword, times) whose tokens join the text span (routing.add_family_facts)
     text_conds: tuple[tuple[str, int], ...] = ()
     exact_sequence: bool = False  # joint: only calls exactly [text | image (+ pad)] are guided (packed refs: dense)
+    stream_rows: Callable | None = None  # joint: callable(latent_shapes) -> rows of other streams before the image
 
     @property
     def rule(self) -> str:
@@ -58,6 +59,17 @@ class Family:
 
 _UNET_NETS = ("UNetModel",)
 _FLUX_BLOCKS = (("double", "double_blocks"), ("single", "single_blocks"))
+
+
+def packed_stream_rows(latent_shapes) -> int:
+    """Rows of the latent streams after the first (MiniMax H3's audio (B, C, 2, T): 2·T rows each)."""
+    total = 0
+    for shape in latent_shapes[1:]:
+        rows = 1
+        for n in tuple(shape)[2:]:
+            rows *= int(n)
+        total += rows
+    return total
 
 
 def flux_layers_text_order(net) -> str:
@@ -91,6 +103,12 @@ FAMILY_ROWS: tuple[Family, ...] = (
            nets=("HiDreamImageTransformer2DModel",), text_order="last",
            text_conds=(("encoder_hidden_states_llama3", 2),), exact_sequence=True,
            block_counts=(("double", "double_stream_blocks"), ("single", "single_stream_blocks"))),
+    # MiniMax H3 text-to-video+audio: one packed batch-1 sequence [text | target audio | target video], no block
+    # ids. With keyframes or references (fl2va, ref2va) more rows are packed, and Qwen3-VL vision tokens sit inside
+    # the text span: the length then differs and those passes stay dense (exact_sequence).
+    Family("minimax_h3", "mmdit", "MiniMax H3 (text-to-video)", block_ids=False, classes=("MiniMaxH3",),
+           nets=("MiniMaxH3Model",), exact_sequence=True, stream_rows=packed_stream_rows,
+           block_counts=(("double", "blocks"),)),
     # Video DiTs with text cross-attention. Wan 2.1 and 2.2 A14B (T2V, I2V) are WAN21, the 5B TI2V is WAN22;
     # blocks set block_type "double" and block_index. LTX-Video (LTXV) and LTX-2 (LTXAV) set no block ids.
     Family("wan", "mmdit", "Wan 2.1 / 2.2", layout="cross", classes=("WAN21", "WAN22"), nets=("WanModel",),
@@ -125,10 +143,6 @@ def detect_family(base_model) -> Family | None:
 
 # Known comfy.model_base classes that pass through unguided, and why (the warning quotes it; README lists them).
 PASS_THROUGH: dict[str, str] = {
-    "MiniMaxH3": "its one packed batch-1 sequence [text | keyframe / reference rows | target audio | target video] "
-                 "has no block ids, and whenever an image or video conditions it the text span holds Qwen3-VL "
-                 "vision tokens, so the keys GAG would sparsify are not the text alone (text-to-video alone is "
-                 "not routed yet)",
     "QwenImage21": "Qwen-Image 2.1's block-causal attention (target queries against a cached text prefix, q "
                    "length ≠ k length) is not in the ComfyUI versions tested (0.8.0, 0.33.0)",
     "ZImagePixelSpace": "the pixel-space Z-Image (NextDiTPixelSpace) has not been tested",

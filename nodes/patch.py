@@ -112,8 +112,9 @@ class GuidedAttention:
                        stats=telemetry.stats_for(s.node_key, call.transformer_options), **call.gag_options())
         if route.kind == "cross":
             out = gag_attention(q, k, v, **options)
-        else:  # rows from guided_stop on (reference latents) keep the dense output
-            rows = None if route.guided_stop is None else (0, min(route.guided_stop, q.shape[2]))
+        else:  # rows from guided_stop on (reference latents), and before guided_start, keep the dense output
+            stop = q.shape[2] if route.guided_stop is None else min(route.guided_stop, q.shape[2])
+            rows = None if route.guided_stop is None and not route.guided_start else (route.guided_start, stop)
             out = joint_gag_attention(q, k, v, text_range=route.text_range, guided_rows=rows, **options)
         return output_from_bhld(out, call.skip_output_reshape)
 

@@ -41,6 +41,7 @@ class PassInfo:
     routed: int = 0  # calls route_call sent to guidance in this pass (the run-level "nothing guided" check)
     seq_len: int = 0  # joint: the exact length of [text | image (+ pad)]; calls of other lengths stay dense (0: any)
     call_groups: tuple[tuple[str, int], ...] = ()  # no block ids: (group, block count) in call order (HiDream)
+    stream_tokens: int = 0  # joint: tokens of other latent streams packed between text and image (kept dense)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Route:
     block: tuple[str, int]
     text_range: tuple[int, int] | None = None
     guided_stop: int | None = None
+    guided_start: int = 0  # rows before it keep the dense output too (MiniMax H3's audio between text and video)
 
 
 def image_token_count(latent_shape, patch_size) -> int:
@@ -87,15 +89,21 @@ def add_family_facts(info: PassInfo, family, net, latent_shape, extra: dict | No
     - `exact_sequence`: the joint call is exactly [text | image (+ pad)]: calls of another length (packed
       reference images: Z-Image Omni, HunyuanVideo's ref_latent, HiDream E1) stay dense;
     - `text_order` may be a callable(net) (HunyuanVideo: [image | text] on ComfyUI 0.8, [text | image] later);
-    - without block ids, `block_counts` pairs number the counted calls group by group (HiDream)."""
+    - without block ids, `block_counts` pairs number the counted calls group by group (HiDream);
+    - `stream_rows`: callable(latent_shapes) -> rows of the other latent streams packed between the text and
+      the image (MiniMax H3's target audio); they keep the dense output."""
     if getattr(net, "patch_size", None) is None and getattr(net, "patch", None) and latent_shape is not None:
         info.image_tokens = image_token_count(latent_shape, net.patch)
     conds = extra or {}
     info.text_len += sum(n * _cond_tokens(conds.get(name)) for name, n in getattr(family, "text_conds", ()))
     multiple = int(getattr(net, "pad_tokens_multiple", 0) or 0)
     info.text_len = _round_up(info.text_len, multiple)
+    streams = getattr(family, "stream_rows", None)
+    shapes = conds.get("latent_shapes")
+    if streams is not None and isinstance(shapes, (list, tuple)) and len(shapes) > 1:
+        info.stream_tokens = int(streams(shapes))  # e.g. MiniMax H3: [text | target audio | target video]
     if getattr(family, "exact_sequence", False) and info.image_tokens > 0:
-        info.seq_len = info.text_len + _round_up(info.image_tokens, multiple)
+        info.seq_len = info.text_len + info.stream_tokens + _round_up(info.image_tokens, multiple)
     if callable(family.text_order):
         info.text_order = family.text_order(net)
     counts = family.block_counts
@@ -184,8 +192,8 @@ def route_joint(info: PassInfo, q_len: int, k_len: int, transformer_options: dic
     if 0 < refs < q_len - text_len:
         stop = q_len - refs
     else:
-        stop = text_len + info.image_tokens if info.image_tokens > 0 else q_len
-    return Route("joint", block, (0, text_len), stop)
+        stop = text_len + info.stream_tokens + info.image_tokens if info.image_tokens > 0 else q_len
+    return Route("joint", block, (0, text_len), stop, text_len + info.stream_tokens if info.stream_tokens else 0)
 
 
 def route_cross(info: PassInfo, q_len: int, k_len: int, transformer_options: dict,

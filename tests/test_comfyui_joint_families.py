@@ -10,7 +10,7 @@ checked below by recording the calls:
 | HunyuanVideo, 1.5 (`HunyuanVideo`, `HunyuanVideo15` / `HunyuanVideo`) | "double" i, "single" i (0.33 adds img_slice) | 0.8.0: [image | text], 0.33.0: [text | image]; text = byT5 tokens (1.5) + LLM tokens (c_crossattn) (+ CLIP-vision tokens, 1.5 I2V) | text padding: additive (1, 1, L) key mask; the token refiner (text only) runs first; ref_latent (I2V v2) prepends image tokens: not routed |
 | Krea 2 (`Krea2` / `SingleStreamDiT`, 0.33 only) | "single" i, img_slice = [T, L], reference_image_num_tokens | [text T | image | reference]; T = c_crossattn length = img_slice[0] | no mask; the text-fusion blocks (text only) run first |
 | HiDream (`HiDream` / `HiDreamImageTransformer2DModel`) | no block ids: 1 call per double then per single block | [image I | T5 | LLM | LLM of the block]; text = everything after I | no mask; E1 (image_cond, concatenated along width) interleaves reference columns: not routed |
-| MiniMax H3 (`MiniMaxH3`, 0.33) | no block ids; q/k/v as AttentionTensorContainer | one packed batch-1 sequence [text | keyframes / refs | target audio | target video]; the text span holds Qwen3-VL vision tokens (tag 0) whenever an image or video conditions it | passes through with its reason (families.PASS_THROUGH) |
+| MiniMax H3 (`MiniMaxH3` / `MiniMaxH3Model`, 0.33) | no block ids (calls counted); q/k/v as AttentionTensorContainer (unwrapped by wrap_attn) | text-to-video: [text T | target audio 2·A | target video]; T = c_crossattn length, A and the video tokens from latent_shapes | keyframes / references (fl2va, ref2va) add rows and put Qwen3-VL vision tokens inside the text span: those passes are not routed (another length); audio rows dense |
 | Qwen-Image 2.1 (`QwenImage21`) | not in 0.8.0 nor 0.33.0 (commit 783545f) | block-causal: target queries against a cached [text | condition image] prefix, q length < k length | well defined (below: text keys = prefix columns, no text query rows); passes through until a host has the class |
 
 Test battery per family (on each host that has its class): the guided calls are exactly the intended
@@ -441,7 +441,7 @@ def test_hunyuan_padded_text_keys_are_masked(jc, recorder):
         assert delta.abs().max() > 1e-4 and residual.abs().max() < 1e-4 * max(1.0, float(delta.abs().max()))
 
 
-@pytest.mark.parametrize("cls_name", ["MiniMaxH3", "QwenImage21", "ZImagePixelSpace"])
+@pytest.mark.parametrize("cls_name", ["QwenImage21", "ZImagePixelSpace", "HiDreamO1"])
 def test_known_unsupported_models_pass_through_with_the_reason(jc, caplog, cls_name):
     import logging
     import types
@@ -515,3 +515,103 @@ def test_hunyuan15_clip_vision_tokens_count_as_text(jc, recorder):
         n = g["q_len"] - HUNYUAN_IMAGE
         assert n in (5 + 3 + 7, 5 + 3 + 9)
         assert g["text_range"] == ((HUNYUAN_IMAGE, g["q_len"]) if version == "0.8" else (0, n))
+
+
+# ----------------------------------------------------------------------------------------------- MiniMax H3 (0.33)
+# One packed batch-1 sequence per pass, no block ids: text-to-video+audio is [text T | target audio 2·A | target
+# video]; a 64 × 64, 9-frame AV latent is video (1, 24, 7, 4, 4) -> 7·2·2 = 28 rows and audio (1, 32, 2, 37) -> 74.
+MINIMAX = dict(image_model="minimax_h3", hidden_size=64, num_layers=2, token_refiner_num_layers=1,
+               num_attention_heads=2, attention_head_dim=32, ffn_hidden_size=64, latents_dim=24, audio_latents_dim=32,
+               text_dim=32, timestep_input_dim=32, time_embed_hidden_size=64, time_embed_dim=32, rope_inv_freq_len=4)
+MINIMAX_AUDIO, MINIMAX_VIDEO = 74, 28
+
+
+@pytest.fixture
+def minimax(jc):
+    """(model, sample(model, positive=None, negative=None, steps=1) -> latent) for a tiny seeded MiniMax H3."""
+    if not hasattr(jc.supported_models, "MiniMaxH3"):
+        pytest.skip("MiniMaxH3 is not in this ComfyUI")
+    from comfy_extras import nodes_minimax_h3
+
+    model_config = jc.supported_models.MiniMaxH3(dict(MINIMAX))
+    model_config.set_inference_dtype(torch.float32, None)
+    base = model_config.get_model({})
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in base.diffusion_model.named_parameters():
+            scale = 1 / p.shape[1] ** 0.5 if p.ndim >= 2 else 0.02
+            p.copy_(torch.randn(p.shape, generator=gen) * scale + (1.0 if p.ndim < 2 and "norm" in name else 0.0))
+        for _, buf in base.diffusion_model.named_buffers():
+            if buf.is_floating_point():
+                buf.copy_(torch.rand(buf.shape, generator=gen))
+    cpu = torch.device("cpu")
+    model = jc.model_patcher.ModelPatcher(base, load_device=cpu, offload_device=cpu)
+
+    def sample(m, positive=None, negative=None, steps=1):
+        g = torch.Generator().manual_seed(1)
+        positive = positive or [[torch.randn(1, 7, 32, generator=g), {}]]
+        negative = negative or [[torch.randn(1, 9, 32, generator=g), {}]]
+        latent, _ = nodes_minimax_h3._empty_av_latent(64, 64, 9)
+        out = jc.nodes.common_ksampler(m, 0, steps, 2.0, "euler", "normal", positive, negative, latent, denoise=1.0)
+        return torch.cat([t.flatten() for t in out[0]["samples"].unbind()])
+
+    return model, sample
+
+
+def test_minimax_guides_video_rows_on_the_text_only(jc, recorder, minimax):
+    model, sample = minimax
+    rec = recorder(keep_tensors=True)
+    sample(jc.run_node(GAG, model=model, scale=6.0, beta=0.3))
+    ac = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
+    passes = rec.per_pass()
+    assert len(passes) == rec.passes == 2
+    for index, guided in passes.items():
+        assert [g["block"] for g in guided] == [("double", 0), ("double", 1)] and rec.calls.count(index) == 2
+    for g in rec.guided:
+        t = g["q_len"] - MINIMAX_AUDIO - MINIMAX_VIDEO
+        assert t in (7, 9) and g["text_range"] == (0, t) and g["guided_stop"] == g["q_len"]
+        call, out = g["tensors"]
+        q, k, v = (ac.to_bhld(x, call.heads, call.skip_reshape) for x in (call.q, call.k, call.v))
+        got = ac.output_to_bhld(out, call.heads, call.skip_output_reshape).double()
+        dense = _dense(q, k, v, None)
+        video = t + MINIMAX_AUDIO
+        torch.testing.assert_close(got[:, :, :video], dense[:, :, :video], rtol=1e-4, atol=1e-5)  # text, audio
+        delta = got[:, :, video:] - dense[:, :, video:]
+        v_t = v[:, :, :t].double()
+        coef = torch.linalg.lstsq(v_t.transpose(-1, -2), delta.transpose(-1, -2)).solution
+        residual = delta - (v_t.transpose(-1, -2) @ coef).transpose(-1, -2)
+        assert delta.abs().max() > 1e-4 and residual.abs().max() < 1e-4 * max(1.0, float(delta.abs().max()))
+
+
+def test_minimax_pladis_equals_gag_core_and_caller_untouched(jc, recorder, minimax):
+    from test_comfyui_nodes import options_snapshot
+
+    model, sample = minimax
+    before = options_snapshot(model)
+    baseline = sample(model)
+    rec = recorder(keep_tensors=True)
+    out = sample(jc.run_node(PLADIS, model=model, scale=2.0))
+    assert torch.isfinite(out).all() and not torch.equal(out, baseline)
+    assert torch.equal(sample(model), baseline) and options_snapshot(model) == before
+    ac = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
+    for g in rec.guided:
+        call, got = g["tensors"]
+        q, k, v = (ac.to_bhld(x, call.heads, call.skip_reshape) for x in (call.q, call.k, call.v))
+        t = g["q_len"] - MINIMAX_AUDIO - MINIMAX_VIDEO
+        want = jc.gag_core_attention.joint_gag_attention(q, k, v, text_range=(0, t), method="pladis", scale=2.0,
+                                                         alpha=1.5, guided_rows=(t + MINIMAX_AUDIO, q.shape[2]))
+        torch.testing.assert_close(ac.output_to_bhld(got, call.heads, call.skip_output_reshape), want,
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_minimax_keyframe_passes_stay_dense(jc, recorder, minimax):
+    """fl2va: keyframe rows are packed after the text (and vision tokens join it): not guided at all."""
+    model, sample = minimax
+    g = torch.Generator().manual_seed(5)
+    keyframe = {"resolved_frame_index": 0, "latent": torch.randn(1, 24, 1, 4, 4, generator=g)}
+    positive = [[torch.randn(1, 7, 32, generator=g), {"minimax_keyframes": [keyframe]}]]
+    negative = [[torch.randn(1, 9, 32, generator=g), {"minimax_keyframes": [keyframe]}]]
+    baseline = sample(model, positive, negative)
+    rec = recorder()
+    out = sample(jc.run_node(GAG, model=model, scale=5.0, beta=0.0), positive, negative)
+    assert rec.passes == 2 and rec.calls and not rec.guided and torch.equal(out, baseline)
