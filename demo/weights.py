@@ -37,7 +37,8 @@ def load(path: str | Path = DEFAULT_WEIGHTS) -> UNet | MMDiT:
     """Build the model the metadata names (UNet when unnamed) from its stored config; float32, eval mode."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no model weights at {str(path)!r}; train them with python -m demo.train")
+        raise FileNotFoundError(f"no model weights at {str(path)!r}; train them with "
+                                "python -m demo.train [--arch mmdit]")
     meta = metadata(path)
     arch = meta.get("arch", "unet")
     if arch not in ARCHS:

@@ -13,7 +13,7 @@ from demo.evaluate import initial_noise, prompt_set
 
 
 def test_demo_runs_end_to_end_on_a_reduced_set(tmp_path, capsys):
-    rc = main(["--prompts-per-task", "1", "--seeds", "1", "--steps", "2", "--out", str(tmp_path),
+    rc = main(["--arch", "unet", "--prompts-per-task", "1", "--seeds", "1", "--steps", "2", "--out", str(tmp_path),
                "--scale", "2,5", "--tau-mode", "abs,rel", "--tau", "15"])
     assert rc == 0
     out = capsys.readouterr().out
@@ -21,23 +21,45 @@ def test_demo_runs_end_to_end_on_a_reduced_set(tmp_path, capsys):
         assert task in out
     for label in ("baseline", "PLADIS s=2", "GAG λ=2 β=0 τ=15", "GAG λ=5 β=0 τ=15·‖Os‖"):
         assert label in out
-    res = json.loads((tmp_path / "results.json").read_text())
-    assert len(res["items"]) == len(world.TASKS) and len(res["settings"]) == 6
-    grid = Image.open(tmp_path / "grid.png")
+    assert "whole-row" not in out and not (tmp_path / "mmdit").exists()
+    res = json.loads((tmp_path / "unet" / "results.json").read_text())
+    assert res["arch"] == "unet" and len(res["items"]) == len(world.TASKS) and len(res["settings"]) == 6
+    grid = Image.open(tmp_path / "unet" / "grid.png")
     assert grid.width > 6 * 96 and grid.height > 96
 
 
-@pytest.mark.parametrize("mode", [[], ["--inversion-matched"]])
-def test_inversion_check_runs(capsys, mode):
-    rc = main(["--inversion", "--inversion-images", "3", "--steps", "2", "--no-pladis", *mode])
+def test_both_architectures_by_default_with_the_whole_row_ablation(tmp_path, capsys):
+    rc = main(["--prompts-per-task", "1", "--seeds", "1", "--steps", "2", "--cfg", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "== unet" in out and "== mmdit" in out and "total" in out
+    unet = json.loads((tmp_path / "unet" / "results.json").read_text())
+    mmdit = json.loads((tmp_path / "mmdit" / "results.json").read_text())
+    assert unet["settings"] == ["baseline", "PLADIS s=2", "GAG λ=5 β=0 τ=15"]  # the SD 1.5 preset
+    assert mmdit["settings"] == ["baseline", "PLADIS s=2", "GAG λ=5 β=0 τ=15", "GAG whole-row λ=5 β=0 τ=15"]
+    assert [it["caption"] for it in unet["items"]] == [it["caption"] for it in mmdit["items"]]
+    assert Image.open(tmp_path / "mmdit" / "grid.png").width > 4 * 96
+
+
+@pytest.mark.parametrize("flags", [["--tau-mode", "rel"], ["--layers", "down"], ["--layers", "0+6"]])
+def test_mmdit_rejects_unet_only_settings_before_sampling(capsys, flags):
+    assert main(["--arch", "mmdit", "--prompts-per-task", "1", "--seeds", "1", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "mmdit" in err and flags[1] in err
+
+
+@pytest.mark.parametrize("arch,mode", [("unet", []), ("unet", ["--inversion-matched"]), ("mmdit", [])])
+def test_inversion_check_runs(capsys, arch, mode):
+    rc = main(["--arch", arch, "--inversion", "--inversion-images", "3", "--steps", "2", "--no-pladis", *mode])
     assert rc == 0
     out = capsys.readouterr().out
     assert "PSNR" in out and "dense" in out and "sparse α=1.5" in out and "GAG λ=5" in out
     assert ("inverts and rebuilds with itself" in out) == bool(mode)
+    assert ("GAG whole-row λ=5" in out) == (arch == "mmdit")
 
 
 def test_bad_layer_subset_is_reported(capsys):
-    assert main(["--layers", "0+99", "--prompts-per-task", "1", "--seeds", "1"]) == 2
+    assert main(["--arch", "unet", "--layers", "0+99", "--prompts-per-task", "1", "--seeds", "1"]) == 2
     assert "99" in capsys.readouterr().err
 
 
@@ -48,6 +70,9 @@ def test_layer_subsets_partition_the_layers():
     assert layer_subset("all", n, down) is None and layer_subset("0+8", n, down) == {0, 8}
     with pytest.raises(ValueError, match="'x'"):
         layer_subset("x", n, down)
+    assert layer_subset("0+5", 6, None) == {0, 5}  # the MMDiT: indices only
+    with pytest.raises(ValueError, match="'mid'"):
+        layer_subset("mid", 6, None)
 
 
 def test_prompt_set_is_fixed_and_noise_is_shared():
