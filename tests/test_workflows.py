@@ -247,6 +247,7 @@ RECIPES = {
     "gag_flux1_dev.json": dict(loader=("UNETLoader", "unet_name", "flux1-dev.safetensors"),
                                clip=("DualCLIPLoader", "flux"), steps=(20, 32), cfg=(1.0, 1.0), flux_guidance=True,
                                size=1024),
+    "gag_zimage_turbo.json": dict(loader=("UNETLoader", "unet_name", "z_image_turbo_bf16.safetensors"), clip=("CLIPLoader", "lumina2"), steps=(8, 9), cfg=(1.0, 1.0), model_sampling="ModelSamplingAuraFlow", size=1024),
     "gag_qwen_image.json": dict(loader=("UNETLoader", "unet_name", "qwen_image_fp8_e4m3fn.safetensors"),
                                 clip=("CLIPLoader", "qwen_image"), steps=(15, 50), cfg=(1.0, 5.0),
                                 model_sampling="ModelSamplingAuraFlow", size=1328),

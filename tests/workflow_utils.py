@@ -26,6 +26,7 @@ WORKFLOW_FAMILY = {
     "gag_flux1_schnell.json": "flux1",
     "gag_flux1_dev.json": "flux1",
     "gag_qwen_image.json": "qwen_image",
+    "gag_zimage_turbo.json": "zimage",
     "gag_flux2_klein.json": "flux2",
 }
 GUIDANCE_NODES = ("GeometryAwareAttentionGuidance", "GeometryAwareAttentionGuidanceAdvanced", "PLADISGuidance")
