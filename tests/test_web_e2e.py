@@ -6,7 +6,8 @@ ComfyUI's checkpoint detection does not accept tiny sizes, hence the node). Driv
 Playwright (no browser download). Checks: the bundled SDXL workflow loads, its GAG node shows its sliders, the
 preset menu and the chart; a preset picked from the menu (a real click on the canvas) sets the widgets to the
 back end's table; a tiny two-branch prompt (GAG and GAG advanced) fills both nodes' charts with one point per
-step; malformed messages and a missing /gag/presets route (an older back end) leave the page working. Saves
+step; malformed messages and a missing /gag/presets route (an older back end) leave the page working; every
+bundled workflow loads in the host's own front end (and passes its exported validator, front end 1.4x). Saves
 screenshots in the test's temp dir (and, with GAG_WEB_SCREENSHOT=<path>, the chart screenshot there too).
 
 Needs COMFYUI_PATH (marker `comfyui`), /usr/bin/chromium (or $CHROMIUM) and `playwright` in the test's Python
@@ -397,5 +398,56 @@ def test_older_back_end_without_routes_leaves_the_page_working(server, browser):
         assert page.js("() => window.comfyuiGag.table") is None
         assert page.errors == []
         assert any("older back end" in m for m in page.gag_console)
+    finally:
+        page.close()
+
+
+
+def _exported_validator() -> tuple[str, str] | None:
+    """(asset file, export name) of the front end's validateComfyWorkflow where a bundle exports it (1.4x does,
+    minified); None where it stays module-private (1.35: tests/test_workflows_comfyui.py cuts it out instead)."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("comfyui_frontend_package")
+    if spec is None:
+        return None
+    for f in sorted((Path(spec.submodule_search_locations[0]) / "static" / "assets").glob("*.js")):
+        m = re.search(r"export\s*\{[^}]*\bvalidateComfyWorkflow as (\w+)", f.read_text(errors="ignore"))
+        if m:
+            return f.name, m.group(1)
+    return None
+
+
+def test_front_end_loads_every_bundled_workflow(server, browser):
+    """The host's own front end loads each bundled workflow with every node created as its type; where it exports
+    its workflow validator, that validator (the real zod schema of this front end) accepts each of them and
+    rejects one without its `version`, so the check is not vacuous."""
+    paths = sorted((REPO_ROOT / "workflows").glob("*.json"))
+    page = Page(browser, server["url"])
+    try:
+        for path in paths:
+            workflow = json.loads(path.read_text())
+            page.load_workflow(workflow, str(workflow["nodes"][0]["id"]))
+            types = page.js("() => window.comfyAPI.app.app.graph.nodes.map((n) => [String(n.id), n.type])")
+            assert sorted(types) == sorted([str(n["id"]), n["type"]] for n in workflow["nodes"]), path.name
+        validator = _exported_validator()
+        if validator is not None:
+            broken = json.loads(paths[0].read_text())
+            broken.pop("version")
+            workflows = [json.loads(p.read_text()) for p in paths] + [broken]
+            results = page.js("""async ([file, name, workflows]) => {
+              const validate = (await import('/assets/' + file))[name];
+              const out = [];
+              for (const w of workflows) {
+                let warned = null;
+                const ok = await validate(w, (m) => { warned = String(m); });
+                out.push(ok ? null : (warned || 'rejected'));
+              }
+              return out;
+            }""", [validator[0], validator[1], workflows])
+            assert dict(zip([p.name for p in paths], results)) == {p.name: None for p in paths}
+            assert "valid version" in (results[-1] or ""), "the validator must reject a workflow without a version"
+        assert page.errors == []
     finally:
         page.close()
