@@ -8,9 +8,7 @@ import math
 import numbers
 from dataclasses import dataclass
 
-from ..gag_core.validate import quote
-
-METHODS = ("gag", "pladis")
+from ..gag_core.validate import METHODS, check_method, quote  # noqa: F401  (METHODS: re-exported for the nodes)
 
 
 def check_number(value, name: str, lo: float | None = None, hi: float | None = None, *,
@@ -25,13 +23,6 @@ def check_number(value, name: str, lo: float | None = None, hi: float | None = N
         bound = f">= {lo:g}" if hi is None else f"in [{lo:g}, {hi:g}]"
         raise ValueError(f"{name} must be {bound}, got {quote(value)}")
     return x
-
-
-def check_method(method) -> str:
-    """'gag' or 'pladis'."""
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {quote(method)}")
-    return method
 
 
 def check_tau(tau) -> float | None:
