@@ -55,14 +55,20 @@ def _model_chain(wf: dict, sampler: dict) -> list[dict]:
 
 
 def _branches(wf: dict) -> list[dict]:
-    """For each SaveImage: its decoder, sampler and model chain."""
+    """For each SaveImage (or SaveVideo, through its CreateVideo): its decoder, sampler and model chain."""
     out = []
-    for save in _of_type(wf, "SaveImage"):
-        dec = _up(wf, save, "images")
-        assert dec is not None and dec["type"] == "VAEDecode", f"SaveImage {save['id']} is not fed by a VAEDecode"
+    for save in _of_type(wf, *wu.SAVE_NODES):
+        video = None
+        if save["type"] == "SaveVideo":
+            video = _up(wf, save, "video")
+            assert video is not None and video["type"] == "CreateVideo", f"SaveVideo {save['id']} is not fed by a CreateVideo"
+            dec = _up(wf, video, "images")
+        else:
+            dec = _up(wf, save, "images")
+        assert dec is not None and dec["type"] == "VAEDecode", f"{save['type']} {save['id']} is not fed by a VAEDecode"
         sampler = _up(wf, dec, "samples")
         assert sampler is not None and sampler["type"] in SAMPLERS, f"VAEDecode {dec['id']} is not fed by a sampler"
-        out.append({"save": save, "decode": dec, "sampler": sampler, "chain": _model_chain(wf, sampler)})
+        out.append({"save": save, "video": video, "decode": dec, "sampler": sampler, "chain": _model_chain(wf, sampler)})
     return out
 
 
@@ -173,6 +179,11 @@ def test_baseline_and_gag_side_by_side_from_one_seed(workflow, object_info):
         a, b = _up(wf, s_gag, input_name), _up(wf, s_base, input_name)
         assert a is not None and b is not None and a["id"] == b["id"], f"{input_name} is not shared"
     assert _up(wf, gag["decode"], "vae")["id"] == _up(wf, base["decode"], "vae")["id"]
+    assert gag["save"]["type"] == base["save"]["type"]
+    if gag["video"] is not None:
+        assert _values(gag["video"], object_info) == _values(base["video"], object_info), "video settings differ"
+        assert _values(gag["save"], object_info) | {"filename_prefix": ""} == \
+            _values(base["save"], object_info) | {"filename_prefix": ""}, "video format differs"
     prefixes = [_values(b["save"], object_info)["filename_prefix"] for b in branches]
     assert len(set(prefixes)) == 2
 
@@ -253,6 +264,11 @@ RECIPES = {
                                 model_sampling="ModelSamplingAuraFlow", size=1328),
     "gag_flux2_klein.json": dict(loader=("UNETLoader", "unet_name", "flux-2-klein-4b.safetensors"),
                                  clip=("CLIPLoader", "flux2"), steps=(4, 4), cfg=(1.0, 1.0), size=1024),
+    # ComfyUI's "Wan 2.2 5B Video Generation" template (video_wan2_2_5B_ti2v) as it ships: text to video.
+    "gag_wan22_t2v.json": dict(loader=("UNETLoader", "unet_name", "wan2.2_ti2v_5B_fp16.safetensors"),
+                               clip=("CLIPLoader", "wan"), vae="wan2.2_vae.safetensors", steps=(20, 20),
+                               cfg=(5.0, 5.0), sampler="uni_pc", scheduler="simple", model_sampling="ModelSamplingSD3",
+                               shift=8.0, latent="Wan22ImageToVideoLatent", size=(1280, 704), length=121, fps=24.0),
 }
 
 
@@ -281,9 +297,24 @@ def test_workflow_follows_its_family_recipe(workflow, object_info):
     if "model_sampling" in recipe:
         for b in _branches(wf):
             assert recipe["model_sampling"] in [n["type"] for n in b["chain"]]
-    latent = next(n for n in wf["nodes"] if n["type"].startswith("Empty") and "Latent" in n["type"])
+    if "shift" in recipe:
+        for n in _of_type(wf, recipe["model_sampling"]):
+            assert _values(n, object_info)["shift"] == pytest.approx(recipe["shift"])
+    if "vae" in recipe:
+        assert _first_values(wf, object_info, "VAELoader")["vae_name"] == recipe["vae"]
+    if "latent" in recipe:
+        latent = next(n for n in wf["nodes"] if n["type"] == recipe["latent"])
+    else:
+        latent = next(n for n in wf["nodes"] if n["type"].startswith("Empty") and "Latent" in n["type"])
     lv = _values(latent, object_info)
-    assert (lv["width"], lv["height"], lv["batch_size"]) == (recipe["size"], recipe["size"], 1)
+    size = recipe["size"] if isinstance(recipe["size"], tuple) else (recipe["size"], recipe["size"])
+    assert (lv["width"], lv["height"], lv["batch_size"]) == (*size, 1)
+    if "length" in recipe:
+        assert lv["length"] == recipe["length"]
+        assert all(_up(wf, b["sampler"], "latent_image")["id"] == latent["id"] for b in _branches(wf))
+        assert not [i for i in latent.get("inputs", []) if i["name"] == "start_image" and i.get("link") is not None]
+    if "fps" in recipe:
+        assert all(_values(b["video"], object_info)["fps"] == pytest.approx(recipe["fps"]) for b in _branches(wf))
 
 
 def test_api_prompt_is_complete(workflow, object_info):
@@ -291,7 +322,9 @@ def test_api_prompt_is_complete(workflow, object_info):
     prompt = wu.to_api_prompt(wf, object_info)
     assert {p["class_type"] for p in prompt.values()}.isdisjoint(wu.FRONTEND_ONLY)
     for node_id, entry in prompt.items():
-        names = {s.name for s in wu.input_specs(object_info[entry["class_type"]])}
+        info = object_info[entry["class_type"]]
+        widgets = wu.nodes_by_id(wf)[int(node_id)].get("widgets_values", [])
+        names = {s.name for s in wu.input_specs(info)} | {s.name for s, _ in wu.widget_layout(info, widgets)}
         assert set(entry["inputs"]) <= names
         for spec in wu.input_specs(object_info[entry["class_type"]]):
             if spec.category == "required":
@@ -299,7 +332,7 @@ def test_api_prompt_is_complete(workflow, object_info):
         for value in entry["inputs"].values():
             if isinstance(value, list):
                 assert value[0] in prompt and isinstance(value[1], int)
-    assert sum(p["class_type"] == "SaveImage" for p in prompt.values()) == 2
+    assert sum(p["class_type"] in wu.SAVE_NODES for p in prompt.values()) == 2
     json.dumps(prompt)  # serialisable as sent to /prompt
 
 

@@ -28,11 +28,17 @@ WORKFLOW_FAMILY = {
     "gag_qwen_image.json": "qwen_image",
     "gag_zimage_turbo.json": "zimage",
     "gag_flux2_klein.json": "flux2",
+    "gag_wan22_t2v.json": "wan",
 }
 GUIDANCE_NODES = ("GeometryAwareAttentionGuidance", "GeometryAwareAttentionGuidanceAdvanced", "PLADISGuidance")
 # Node types that exist only in the front end (never sent to the server).
 FRONTEND_ONLY = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+# A V3 dynamic combo (0.3x SaveVideo's `format`): a combo of option keys; the chosen option's inputs follow it
+# as widgets named "<parent>.<input>" (ComfyUI's finalize_prefix), recursively.
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
+# Output nodes whose files are the two results compared (image or video workflows).
+SAVE_NODES = ("SaveImage", "SaveVideo")
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 # (node type, widget) -> models folder of the file it names (ComfyUI's folder_paths names).
 MODEL_INPUT_FOLDERS = {
@@ -89,7 +95,15 @@ class InputSpec:
             return self.type
         if self.type == "COMBO":
             return list(self.options.get("options", []))
+        if self.type == DYNAMIC_COMBO:
+            return [o["key"] for o in self.options.get("options", [])]
         return None
+
+    def option_inputs(self, key) -> dict:
+        """A dynamic combo's inputs for option `key` ({} for any other input or an unknown key)."""
+        if self.type != DYNAMIC_COMBO:
+            return {}
+        return next((o.get("inputs", {}) for o in self.options.get("options", []) if o.get("key") == key), {})
 
     @property
     def socket_type(self) -> str:
@@ -98,6 +112,8 @@ class InputSpec:
     @property
     def is_widget(self) -> bool:
         """True when the front end draws a widget (and stores a value in widgets_values) for this input."""
+        if self.options.get("hidden"):  # kept for old API prompts; the front end draws nothing for it
+            return False
         if self.combo is not None:
             return True
         return self.type in WIDGET_TYPES and not self.options.get("forceInput", False)
@@ -113,35 +129,54 @@ class InputSpec:
         return bool(flag)
 
 
-def input_specs(info: dict) -> list[InputSpec]:
-    """Inputs of a node in the order the front end builds its slots and widgets (required, then optional)."""
+def input_specs(info: dict, prefix: str = "") -> list[InputSpec]:
+    """Inputs of a node in the order the front end builds its slots and widgets (required, then optional).
+    `info` may also be a dynamic combo option's {"inputs": ...}; `prefix` names its inputs "<parent>.<name>"."""
     specs = []
     order = info.get("input_order") or {}
     for category in ("required", "optional"):
-        section = info.get("input", {}).get(category) or {}
+        section = info.get("input", info.get("inputs", {})).get(category) or {}
         for name in order.get(category) or list(section):
             raw = section[name]
             options = raw[1] if len(raw) > 1 and isinstance(raw[1], dict) else {}
-            specs.append(InputSpec(name, raw[0], options, category))
+            specs.append(InputSpec(prefix + name, raw[0], options, category))
     return specs
 
 
-def widget_layout(info: dict) -> list[tuple[InputSpec, str]]:
-    """One entry per widgets_values slot: (input, "value") or (input, "control")."""
+def _layout(specs, values, pos: int, layout: list) -> int:
+    """Append the widget slots of `specs` to `layout`, expanding dynamic combos by the saved value at their slot
+    (their default, or first option, past the end of `values`); returns the next slot."""
+    for spec in specs:
+        if not spec.is_widget:
+            continue
+        layout.append((spec, "value"))
+        value = values[pos] if pos < len(values) else spec.options.get("default", (spec.combo or [None])[0])
+        pos += 1
+        if spec.has_control:
+            layout.append((spec, "control"))
+            pos += 1
+        nested = spec.option_inputs(value)
+        if nested:
+            pos = _layout(input_specs({"inputs": nested}, spec.name + "."), values, pos, layout)
+    return pos
+
+
+def widget_layout(info: dict, values=()) -> list[tuple[InputSpec, str]]:
+    """One entry per widgets_values slot: (input, "value") or (input, "control"); `values` (the saved
+    widgets_values) picks the inputs of dynamic combos."""
     layout = []
-    for spec in input_specs(info):
-        if spec.is_widget:
-            layout.append((spec, "value"))
-            if spec.has_control:
-                layout.append((spec, "control"))
+    _layout(input_specs(info), list(values or ()), 0, layout)
     return layout
 
 
 def widget_values(node: dict, info: dict) -> dict:
-    """Map widget name -> value for a saved node; ValueError when the count does not fit the schema."""
-    layout = widget_layout(info)
+    """Map widget name -> value for a saved node; ValueError when the count does not fit the schema.
+    Optional widgets a newer host added at the end (0.3x CreateVideo's bit_depth) may be missing: the front end
+    loads such a workflow with their defaults, and the prompt leaves them out."""
     values = node.get("widgets_values", [])
-    if len(values) != len(layout):
+    layout = widget_layout(info, values)
+    missing = layout[len(values):]
+    if len(values) > len(layout) or any(spec.category != "optional" for spec, _ in missing):
         names = [s.name + (" (control)" if k == "control" else "") for s, k in layout]
         raise ValueError(f"node {node['id']} {node['type']}: {len(values)} widget values {values!r} "
                          f"for {len(layout)} widgets {names}")
@@ -194,7 +229,7 @@ def node_model_names(node: dict) -> set[str]:
 def widget_problems(node: dict, info: dict) -> list[str]:
     """Every widget value of `node` that does not fit its input, and control values that are not valid."""
     try:
-        layout = widget_layout(info)
+        layout = widget_layout(info, node.get("widgets_values", []))
         widget_values(node, info)
     except ValueError as e:
         return [str(e)]
@@ -330,6 +365,8 @@ def to_api_prompt(workflow: dict, object_info: dict) -> dict:
                 inputs[spec.name] = [str(link[1]), link[2]]
             elif spec.name in values:
                 inputs[spec.name] = values[spec.name]
+        for name, value in values.items():  # a dynamic combo's chosen inputs, sent as "<parent>.<name>"
+            inputs.setdefault(name, value)
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs,
                                    "_meta": {"title": node.get("title", node["type"])}}
     return prompt
