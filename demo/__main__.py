@@ -2,13 +2,15 @@
 
 Two bundled models: a UNet with cross-attention and an MMDiT with joint attention (--arch unet|mmdit|both).
 For the MMDiT every GAG setting also runs as the ablation "GAG whole-row" (the joint rule projected on the
-whole joint row instead of the text retrieval; --no-row-ablation leaves it out).
+whole joint row instead of the text retrieval; --no-row-ablation leaves it out). The default set is 6 task types
+× 8 prompts × 3 seeds for the UNet and × 4 prompts × 3 seeds (its first half) for the MMDiT, which samples slower.
 Every sweep flag takes a comma-separated list; GAG runs for every combination, PLADIS for every s. Examples:
   python -m demo                                     # the default comparison, both models
   python -m demo --steps 4 --cfg 1 --scale 1,2,5     # the few-step regime without CFG, a λ sweep
   python -m demo --scale 1,2,5,10 --tau 15,0.5 --tau-mode abs,rel --no-pladis
   python -m demo --passes both,cond --window 0:1,0:0.5,0.5:1 --layers all,down,mid,up --no-pladis
   python -m demo --inversion                         # DDIM inversion–reconstruction check
+  python -m demo.report out/demo/mmdit/results.json  # the saved results as a Markdown table
 """
 from __future__ import annotations
 
@@ -34,6 +36,10 @@ from .weights import DEFAULT_PATHS, load, metadata
 # The UNet is SD-1.5-like (cross-attention in every block); the MMDiT is FLUX.1-like (double-stream blocks).
 PRESETS = {"unet": get_preset("sd15"), "mmdit": get_preset("flux1")}
 ARCH_CHOICES = {"unet": ("unet",), "mmdit": ("mmdit",), "both": ("unet", "mmdit")}
+# The default prompt × seed set per architecture (prompts per task type, seeds): the MMDiT samples 1.5× slower
+# per image and runs one setting more (the whole-row ablation), so its default set is the first half of the
+# UNet's prompts (the same seeds) to keep `python -m demo` short.
+DEFAULT_SET = {"unet": (8, 3), "mmdit": (4, 3)}
 
 
 def floats(s: str) -> list[float]:
@@ -42,6 +48,17 @@ def floats(s: str) -> list[float]:
         return [float(x) for x in s.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+
+
+def positive(s: str) -> int:
+    """'3' → 3; an integer ≥ 1."""
+    try:
+        n = int(s)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {s[:40]!r}")
+    return n
 
 
 def names(s: str) -> list[str]:
@@ -93,13 +110,14 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--weights", default=str(DEFAULT_PATHS["unet"]), help="the UNet's weights")
     p.add_argument("--mmdit-weights", default=str(DEFAULT_PATHS["mmdit"]), help="the MMDiT's weights")
     p.add_argument("--out", default="out/demo", help="folder for <arch>/grid.png and <arch>/results.json")
-    p.add_argument("--prompts-per-task", type=int, default=8)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--prompts-per-task", type=positive, default=None,
+                   help="default: 8 for the UNet, 4 for the MMDiT (the first 4 of the UNet's)")
+    p.add_argument("--seeds", type=positive, default=None, help="default: 3")
     p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed … first-seed + seeds − 1 (a fresh "
                    "set of seeds replicates a sweep's finding on images it was not chosen on)")
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    p.add_argument("--steps", type=positive, default=20, help="DDIM steps")
     p.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--batch", type=int, default=72)
+    p.add_argument("--batch", type=positive, default=72)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--scale", type=floats, default=None, help="GAG λ (list; default: the preset)")
     p.add_argument("--beta", type=floats, default=None, help="GAG β (list)")
@@ -115,7 +133,7 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--no-row-ablation", action="store_true", help="MMDiT: leave the GAG whole-row ablation out")
     p.add_argument("--sparse", action="store_true", help="also run pure sparse attention (O_s)")
     p.add_argument("--inversion", action="store_true", help="run the DDIM inversion–reconstruction check instead")
-    p.add_argument("--inversion-images", type=int, default=48)
+    p.add_argument("--inversion-images", type=positive, default=48)
     p.add_argument("--inversion-matched", action="store_true",
                    help="each operator inverts with itself (default: one dense inversion shared by all)")
     p.add_argument("--grid-columns", type=int, default=8, help="at most this many settings in the grid")
@@ -123,8 +141,11 @@ def parse(argv) -> argparse.Namespace:
 
 
 def with_preset(args, arch: str) -> argparse.Namespace:
-    """args with the sweep lists left unset filled from the architecture's preset row."""
+    """args with the sweep lists left unset filled from the architecture's preset row, the set from DEFAULT_SET."""
     preset, out = PRESETS[arch], argparse.Namespace(**vars(args))
+    for name, default in zip(("prompts_per_task", "seeds"), DEFAULT_SET[arch]):
+        if getattr(out, name) is None:
+            setattr(out, name, default)
     for name in ("scale", "beta", "tau", "alpha", "pladis_scale"):
         if getattr(out, name) is None:
             setattr(out, name, [getattr(preset, name)])
