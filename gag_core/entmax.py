@@ -152,6 +152,36 @@ def _entmax15_probs(z: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Te
     return d * d, exact
 
 
+def _entmax15_probs_eager(z: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_entmax15_probs` for eager runs: the same steps in two reused buffers (fresh row-sized temporaries cost
+    more than the arithmetic on a CPU: measured 2× faster uncompiled; the compiler prefers the pure form)."""
+    x = z.mul(0.5)
+    x.sub_(_row_max(x))  # (..., M) shifted: max 0
+    d = torch.empty_like(x)
+    tiny = torch.finfo(x.dtype).tiny
+    tau = torch.full_like(x[..., :1], -1.0)  # τ₀ = max − 1
+    for _ in range(iters):
+        torch.sub(x, tau, out=d).clamp_min_(0)
+        s1 = d.sum(dim=-1, keepdim=True)
+        s2 = torch.linalg.vecdot(d, d).unsqueeze(-1)
+        tau = torch.where(s1 > 0, tau + (s2 - 1.0) / (2.0 * s1).clamp_min(tiny), tau)
+    torch.sub(x, tau, out=d).clamp_min_(0)
+    k = torch.count_nonzero(d, dim=-1).unsqueeze(-1).to(x.dtype)
+    s1 = d.sum(dim=-1, keepdim=True)
+    s2 = torch.linalg.vecdot(d, d).unsqueeze(-1)
+    kc = k.clamp_min(1)
+    mean = s1 / kc
+    disc = (1.0 - (s2 - s1 * mean)) / kc
+    cand = tau + mean - disc.clamp_min(0).sqrt()
+    x_min_s = x.masked_fill_(d <= 0, math.inf).amin(dim=-1, keepdim=True)  # x is not needed after this
+    exact = ((disc >= 0) & (x_min_s >= cand)) | (k == 0)
+    # p = (x − τ)_+² on the final τ: d holds (x − τ_Newton)_+, shift it by τ_Newton − τ where exact.
+    # (≤ 0: Newton stays below τ*, so zeros — masked keys among them — stay exactly 0; k = 0 rows stay 0.)
+    shift = torch.where(exact & (k > 0), tau - cand, torch.zeros_like(tau)).clamp_max_(0)
+    d.add_(shift).clamp_min_(0)
+    return d.mul_(d), exact
+
+
 def _sparsemax_probs(z: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
     """sparsemax p = (z − τ)_+ from `iters` Michelot rounds; (p, exact?) per row (compilable)."""
     x = _shift(z)
@@ -184,8 +214,9 @@ def _use_compile(z: torch.Tensor) -> bool:
     return _AUTO["compile"] and z.device.type == "cpu" and z.numel() >= _COMPILE_MIN_NUMEL
 
 
-def compiled_or_eager(fn, *args, size_hint: torch.Tensor):
-    """fn(*args) through torch.compile when enabled for `size_hint`; eager if compiling fails (warned once).
+def compiled_or_eager(fn, *args, size_hint: torch.Tensor, eager=None):
+    """fn(*args) through torch.compile when enabled for `size_hint`, else `eager` (default fn) uncompiled;
+    eager also if compiling fails (warned once).
 
     The first compiled call of each function is logged with its duration and how to turn compiling off.
     """
@@ -209,11 +240,11 @@ def compiled_or_eager(fn, *args, size_hint: torch.Tensor):
         except Exception as exc:  # no C++ compiler, unsupported platform, ...
             _COMPILED["broken"] = True
             warnings.warn(f"gag_core: torch.compile unavailable ({type(exc).__name__}: {exc}); running eagerly")
-    return fn(*args)
+    return (eager or fn)(*args)
 
 
-def _fast_probs(fn, z: torch.Tensor, iters: int):
-    return compiled_or_eager(fn, z, iters, size_hint=z)
+def _fast_probs(fn, z: torch.Tensor, iters: int, eager=None):
+    return compiled_or_eager(fn, z, iters, size_hint=z, eager=eager)
 
 
 def _entmax_forward(z: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -221,7 +252,7 @@ def _entmax_forward(z: torch.Tensor, alpha: float) -> torch.Tensor:
     if alpha == 1.0:
         return _softmax_masked(z)
     if alpha == 1.5:
-        p, exact = _fast_probs(_entmax15_probs, z, NEWTON_ITERS)
+        p, exact = _fast_probs(_entmax15_probs, z, NEWTON_ITERS, eager=_entmax15_probs_eager)
         if not bool(exact.all()):
             rows = ~exact.squeeze(-1)
             x = _shift(z[rows] * 0.5)

@@ -143,3 +143,16 @@ def test_pladis_statistics_path_equals_pladis():
     torch.testing.assert_close(with_stats, gag_core.gag_attention(q, k, v, method="pladis", scale=2.5),
                                atol=1e-5, rtol=1e-5)
     assert stats.calls == 1 and stats.summary()["capped_fraction"] == 0.0
+
+
+@pytest.mark.parametrize("beta,tau", [(0.0, 15.0), (0.3, 0.5), (1.0, 0.0)])
+def test_eager_form_of_the_rule_equals_pure_form(beta, tau):
+    """The uncompiled rule (vecdot, output built in place) equals the compilable form, term by term."""
+    from gag_core.combine import _gag_rule, _gag_rule_eager
+
+    g = torch.Generator().manual_seed(5)
+    o_s, o_d = torch.randn(2, 3, 40, 64, generator=g), torch.randn(2, 3, 40, 64, generator=g)
+    o_s[0, 0, 0] = 0.0  # a zero sparse output (no direction to project on)
+    params = [torch.tensor(x) for x in (4.0, beta, tau)]
+    for a, b in zip(_gag_rule_eager(o_s, o_d, *params), _gag_rule(o_s, o_d, *params)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -143,3 +143,19 @@ def test_compiled_fast_path_matches_eager(monkeypatch):
     for a, p in eager.items():
         torch.testing.assert_close(entmax(z, a), p, atol=2e-6, rtol=1e-5)
     assert not E._COMPILED.get("broken"), "torch.compile failed on this machine"
+
+
+@pytest.mark.parametrize("shape,spread", [((2, 3, 50, 77), 3.0), ((7, 33), 30.0), ((5, 1), 1.0), ((4, 300), 0.2)])
+def test_eager_inplace_form_equals_pure_form(shape, spread):
+    """The uncompiled entmax-1.5 (reused buffers) equals the pure, compilable form, masked keys and rows included."""
+    z = _logits(shape, 23, spread)
+    z[..., :1][torch.rand(z[..., :1].shape, generator=torch.Generator().manual_seed(1)) < 0.3] = float("-inf")
+    z.reshape(-1, z.shape[-1])[0] = float("-inf")  # one fully masked row
+    z_before = z.clone()
+    p_pure, exact_pure = E._entmax15_probs(z, E.NEWTON_ITERS)
+    p_eager, exact_eager = E._entmax15_probs_eager(z, E.NEWTON_ITERS)
+    torch.testing.assert_close(z, z_before, rtol=0, atol=0)  # the input is left alone
+    assert torch.equal(exact_pure, exact_eager)
+    torch.testing.assert_close(p_eager, p_pure, atol=1e-6, rtol=1e-5)
+    assert bool((p_eager[z == float("-inf")] == 0).all())
+    assert bool((p_eager.reshape(-1, z.shape[-1])[0] == 0).all())
