@@ -419,11 +419,46 @@ def _exported_validator() -> tuple[str, str] | None:
     return None
 
 
+def _prompt_differences(ours: dict, theirs: dict, object_info: dict) -> list[str]:
+    """Where the front end's queued prompt differs from workflow_utils.to_api_prompt: other nodes, other values, or
+    an extra input that is not an optional one at its default (a widget a newer host appended, e.g. 0.3x
+    CreateVideo's bit_depth, or SaveVideo's hidden top-level codec)."""
+    import workflow_utils as wu
+
+    problems = []
+    if sorted(ours) != sorted(theirs):
+        return [f"nodes {sorted(ours)} vs the front end's {sorted(theirs)}"]
+    for node_id, entry in ours.items():
+        got = theirs[node_id]
+        if got["class_type"] != entry["class_type"]:
+            problems.append(f"{node_id}: {entry['class_type']} vs {got['class_type']}")
+            continue
+        optional = {s.name: s for s in wu.input_specs(object_info[entry["class_type"]]) if s.category == "optional"}
+        for name in sorted(set(entry["inputs"]) | set(got["inputs"])):
+            if name not in got["inputs"]:
+                problems.append(f"{node_id} {entry['class_type']}.{name}: not sent by the front end")
+            elif name not in entry["inputs"]:
+                spec = optional.get(name)  # a combo's default is its first choice
+                default = None if spec is None else spec.options.get("default", (spec.combo or [None])[0])
+                if spec is None or got["inputs"][name] != default:
+                    problems.append(f"{node_id} {entry['class_type']}.{name}={got['inputs'][name]!r} only sent by "
+                                    "the front end")
+            elif got["inputs"][name] != entry["inputs"][name]:
+                problems.append(f"{node_id} {entry['class_type']}.{name}: {entry['inputs'][name]!r} vs the front "
+                                f"end's {got['inputs'][name]!r}")
+    return problems
+
+
 def test_front_end_loads_every_bundled_workflow(server, browser):
-    """The host's own front end loads each bundled workflow with every node created as its type; where it exports
-    its workflow validator, that validator (the real zod schema of this front end) accepts each of them and
-    rejects one without its `version`, so the check is not vacuous."""
+    """The host's own front end loads each bundled workflow with every node created as its type and queues the
+    prompt tests/workflow_utils.py derives from it (so the parse-level workflow tests read widgets as the front end
+    does: seeds, dynamic combos, widgets a newer host appended); where it exports its workflow validator, that
+    validator (the real zod schema of this front end) accepts each of them and rejects one without its `version`,
+    so the check is not vacuous."""
+    import workflow_utils as wu
+
     paths = sorted((REPO_ROOT / "workflows").glob("*.json"))
+    object_info = _http(server["url"] + "/api/object_info", timeout=60)
     page = Page(browser, server["url"])
     try:
         for path in paths:
@@ -431,6 +466,9 @@ def test_front_end_loads_every_bundled_workflow(server, browser):
             page.load_workflow(workflow, str(workflow["nodes"][0]["id"]))
             types = page.js("() => window.comfyAPI.app.app.graph.nodes.map((n) => [String(n.id), n.type])")
             assert sorted(types) == sorted([str(n["id"]), n["type"]] for n in workflow["nodes"]), path.name
+            queued = page.js("async () => (await window.comfyAPI.app.app.graphToPrompt()).output")
+            ours = wu.to_api_prompt(workflow, object_info)
+            assert _prompt_differences(ours, queued, object_info) == [], path.name
         validator = _exported_validator()
         if validator is not None:
             broken = json.loads(paths[0].read_text())
