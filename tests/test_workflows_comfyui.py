@@ -138,7 +138,8 @@ def _leaf_names(values: dict) -> dict:
 def _official_templates() -> list[Path]:
     files = []
     for name in ("comfyui_workflow_templates", "comfyui_workflow_templates_media_image",
-                 "comfyui_workflow_templates_core", "comfyui_workflow_templates_json"):
+                 "comfyui_workflow_templates_media_video", "comfyui_workflow_templates_core",
+                 "comfyui_workflow_templates_json"):
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.submodule_search_locations:
             for loc in spec.submodule_search_locations:
@@ -174,6 +175,40 @@ def test_model_files_match_comfyuis_official_templates():
                     assert m["directory"] in {d for _, d in official[m["name"]]}
                 matched += 1
     assert matched >= 8, "the SDXL, FLUX.1 and Qwen-Image files should all be official ones"
+
+
+# Workflows that mirror one official template node for node (plus the guided branch): file -> template name.
+MIRRORS = {"gag_wan22_t2v.json": "video_wan2_2_5B_ti2v"}
+# Leading widget values a mirror may change: the seed and its control (one seed node feeds both samplers), the
+# output file prefix.
+OWN_VALUES = {"KSampler": 2, "SaveVideo": 1, "SaveImage": 1}
+
+
+@pytest.mark.parametrize("name", sorted(MIRRORS))
+def test_workflow_mirrors_its_official_template(name):
+    """Same model files (name, URL, folder), same node types, and each of the template's active nodes has its
+    values in every node of that type here (prompts, sampler, size, length, shift, fps, video format)."""
+    template = next((f for f in _official_templates() if f.stem == MIRRORS[name]), None)
+    if template is None:
+        pytest.skip(f"ComfyUI's template {MIRRORS[name]}.json is not installed")
+    official = json.loads(template.read_text(encoding="utf-8"))
+    ours = wu.load_workflow(wu.WORKFLOWS_DIR / name)
+
+    def models(wf):
+        return {(m["name"], m["url"], m["directory"]) for n in wf["nodes"] for m in n.get("properties", {}).get(
+            "models", [])}
+
+    assert models(ours) == models(official)
+    active = [n for n in official["nodes"] if n.get("mode", 0) == 0 and n["type"] not in wu.FRONTEND_ONLY]
+    assert {n["type"] for n in active} <= {n["type"] for n in ours["nodes"]}
+    for node in active:
+        skip = OWN_VALUES.get(node["type"], 0)
+        mine = [n for n in ours["nodes"] if n["type"] == node["type"]]
+        if node["type"] == "CLIPTextEncode":  # positive and negative: each template prompt is one of ours
+            assert any(n["widgets_values"] == node["widgets_values"] for n in mine), node.get("title")
+            continue
+        for n in mine:
+            assert n["widgets_values"][skip:] == node["widgets_values"][skip:], (node["type"], n["id"])
 
 
 def test_front_end_bundle_has_the_ported_schema():
