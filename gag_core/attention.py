@@ -7,7 +7,8 @@ where O_d is the dense output the host's chain returns (another pack's override 
 Joint attention (MMDiT, single stream): for every guided image row, z_t are its logits over the text keys only,
     O_s^t = α-entmax(z_t)·v_t,  O_d^t = softmax(z_t)·v_t,  g = rule(O_s^t, O_d^t),
     out = O_d + m·(g − O_d^t),
-with m = Σ_text softmax(z) the row's dense joint mass on the text keys (from the dense pass's log-sum-exp).
+with m = Σ_text softmax(z) the row's dense joint mass on the text keys (from the dense pass's log-sum-exp, or,
+through a host kernel that returns no lse, as one extra value channel of that same call: text_mass_extension).
 So out − O_d lies in the span of the text values, and text rows, reference rows and image keys stay dense.
 Queries are processed in chunks so the working memory stays under `max_chunk_bytes` (default 256 MiB,
 `GAG_MAX_CHUNK_MB` overrides it) whatever the sequence length. On CUDA the fused Triton kernel
@@ -36,8 +37,9 @@ logger = logging.getLogger("gag_core")
 
 DenseFn = Callable[..., "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]
 
-__all__ = ["DEFAULT_MAX_CHUNK_BYTES", "METHODS", "dense_attention_with_lse", "gag_attention", "joint_gag_attention",
-           "kernel_self_check_report", "max_chunk_bytes", "sparse_dense_attention"]
+__all__ = ["DEFAULT_MAX_CHUNK_BYTES", "METHODS", "TEXT_MASS_PAD", "dense_attention_with_lse", "gag_attention",
+           "joint_gag_attention", "kernel_self_check_report", "max_chunk_bytes", "sparse_dense_attention",
+           "text_mass_agrees", "text_mass_extension"]
 
 
 def max_chunk_bytes() -> int:
@@ -147,6 +149,46 @@ def dense_attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     return torch.nan_to_num(o_d), _row_lse(q, k, mask4, None, sm)
 
 
+TEXT_MASS_PAD = 8  # channels added to q, k, v: v's text indicator, then zeros to the kernels' 8-channel alignment
+
+
+def text_mass_extension(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, text_range, *,
+                        softmax_scale: float | None = None):
+    """(q', k', v') whose dense attention at the default scale 1/√W (W = D + 8) is [O_d | m | 0…]:
+    q' = (q·scale·√W | 0), k' = (k | 0), v' = (v | 1 on the text keys | 0); m = Σ_text softmax(z), the row's
+    dense text mass, so a host kernel returns it with O_d instead of a second pass for the log-sum-exp."""
+    check_qkv(q, k, v)
+    s, e = check_range(text_range, k.shape[2], "text_range")
+    sm = check_softmax_scale(softmax_scale, q.shape[-1])
+    width = q.shape[-1] + TEXT_MASS_PAD
+    q_x = F.pad(q * (sm * math.sqrt(width)), (0, TEXT_MASS_PAD))  # (B, H, N, W)
+    k_x = F.pad(k, (0, TEXT_MASS_PAD))  # (B, H, L, W)
+    v_x = F.pad(v, (0, TEXT_MASS_PAD))  # (B, H, L, Dv + 8)
+    v_x[:, :, s:e, v.shape[-1]] = 1.0
+    return q_x, k_x, v_x
+
+
+def text_mass_agrees(o_x: torch.Tensor, o_d: torch.Tensor, q: torch.Tensor, k: torch.Tensor, text_range, *,
+                     mask=None, softmax_scale: float | None = None, rows: int = SELF_CHECK_ROWS) -> bool:
+    """Whether a dense pass on `text_mass_extension` tensors (o_x) acted as plain attention: its first Dv channels
+    match the plain call's O_d and its text channel matches m = exp(lse_t − lse) on the first `rows` rows."""
+    dv = o_d.shape[-1]
+    if tuple(o_x.shape) != tuple(o_d.shape[:3]) + (dv + TEXT_MASS_PAD,):
+        return False
+    k = _expand_heads(q, k)
+    s, e = check_range(text_range, k.shape[2], "text_range")
+    sm = check_softmax_scale(softmax_scale, q.shape[-1])
+    mask4 = check_mask(mask, q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    r = min(rows, q.shape[2])
+    lse = _row_lse(q[:, :, :r], k, _mask_rows(mask4, 0, r), None, sm)
+    lse_t = _row_lse(q[:, :, :r], k[:, :, s:e], _mask_rows(mask4, 0, r, s, e), None, sm)
+    m_ref = torch.exp(lse_t - lse).nan_to_num(0.0)
+    tol = max(8 * torch.finfo(o_x.dtype).eps, 1e-5)  # a few roundings of the output dtype (bf16: 6 %)
+    m_ok = bool(((o_x[:, :, :r, dv].float() - m_ref).abs() <= tol * m_ref + 1e-6).all())
+    d_ok = bool(((o_x[..., :dv].float() - o_d.float()).abs() <= tol * (float(o_d.float().abs().amax()) or 1.0)).all())
+    return m_ok and d_ok
+
+
 def _row_lse(q: torch.Tensor, k: torch.Tensor, mask4, cap: int | None, sm_scale: float) -> torch.Tensor:
     """Row log-sum-exp of the logits, in chunks.  # (B, H, N)"""
     b, h, n, _ = q.shape
@@ -187,35 +229,39 @@ def _cross_torch(q, k, v, mask4, o_d_full, rule, alpha, sm_scale, stats, cap) ->
     return out
 
 
-def _joint_torch(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm_scale, stats, cap) -> torch.Tensor:
-    """Joint-attention rows in `segments`: out = O_d + m·(rule(O_s^t, O_d^t) − O_d^t); other rows O_d."""
+def _joint_torch(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm_scale, stats, cap,
+                 mass=None) -> torch.Tensor:
+    """Joint-attention rows in `segments`: out = O_d + m·(rule(O_s^t, O_d^t) − O_d^t); other rows O_d.
+    m: `mass` (B, H, N) when the dense pass gave it, else exp(lse_t − lse) from the row lse (computed if None)."""
     b, h, n, _ = q.shape
     length, dv = k.shape[2], v.shape[3]
     s, e = text
     dtype = _compute_dtype(q.dtype)
     k_text, v_t = _scaled_keys(k[:, :, s:e], dtype, sm_scale), v[:, :, s:e].to(dtype)
-    k_all = _scaled_keys(k, dtype, sm_scale) if lse is None else None
+    full_lse = lse is None and mass is None  # neither given: one more pass over all keys for the row lse
+    k_all = _scaled_keys(k, dtype, sm_scale) if full_lse else None
     out = o_d.to(q.dtype, copy=True)
-    row_bytes = b * h * (14 * (e - s) + 12 * dv + (2 * length if lse is None else 0)) * torch.finfo(dtype).bits // 8
+    row_bytes = b * h * (14 * (e - s) + 12 * dv + (2 * length if full_lse else 0)) * torch.finfo(dtype).bits // 8
     step = _chunk_rows(n, row_bytes, cap)
     for seg_a, seg_e in segments:
         for a in range(seg_a, seg_e, step):
             c = min(seg_e, a + step)
-            if lse is None:
-                lse_c = torch.logsumexp(_logits(q[:, :, a:c], k_all, _mask_rows(mask4, a, c), dtype), dim=-1)
-            else:
-                lse_c = lse[:, :, a:c].to(dtype)
             z_t = _logits(q[:, :, a:c], k_text, _mask_rows(mask4, a, c, s, e), dtype)  # (B, H, n, M_text)
-            lse_t = torch.logsumexp(z_t, dim=-1, keepdim=True)
             # Dense text mass m of each row (0 where the row or its text block is fully masked).
-            mass = torch.exp(lse_t - lse_c.unsqueeze(-1)).nan_to_num_(0.0).clamp_(max=1.0)
+            if mass is not None:
+                m_c = mass[:, :, a:c, None].to(dtype).nan_to_num(0.0).clamp_(0.0, 1.0)
+            else:
+                lse_c = lse[:, :, a:c].to(dtype) if lse is not None else torch.logsumexp(
+                    _logits(q[:, :, a:c], k_all, _mask_rows(mask4, a, c), dtype), dim=-1)
+                lse_t = torch.logsumexp(z_t, dim=-1, keepdim=True)
+                m_c = torch.exp(lse_t - lse_c.unsqueeze(-1)).nan_to_num_(0.0).clamp_(max=1.0)
             p_d = entmax(z_t, 1.0)  # softmax over the text keys alone (fully masked rows → 0)
             p_s = p_d if alpha == 1.0 else entmax(z_t, alpha)  # α = 1: Δ = 0 exactly, out = O_d exactly
             o_d_t = p_d @ v_t  # (B, H, n, Dv)
             o_s_t = o_d_t if alpha == 1.0 else p_s @ v_t
             del z_t, p_s, p_d
             g = _combine(o_s_t, o_d_t, rule, stats)
-            out[:, :, a:c] = (o_d[:, :, a:c].to(dtype) + mass * (g.to(dtype) - o_d_t)).to(q.dtype)
+            out[:, :, a:c] = (o_d[:, :, a:c].to(dtype) + m_c * (g.to(dtype) - o_d_t)).to(q.dtype)
     return out
 
 
@@ -306,11 +352,16 @@ def _cross_kernel(q, k, v, mask4, o_d_full, rule, alpha, sm_scale, stats):
     return kernels.fused_cross_attention(q, k, v, mask=mask4, o_dense=o_d_full, stats=stats, **kw)
 
 
-def _joint_kernel(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm_scale, stats, cap):
+def _joint_kernel(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm_scale, stats, cap, mass=None):
     kernels = _kernels()
     if kernels is None or not _wants_kernel(q):
         return None
-    if lse is None:
+    if lse is None and mass is not None:  # the kernel reads m = exp(lse_t − lse): lse = lse_t − log m (text keys only)
+        s, e = text
+        lse_t = _row_lse(q, k[:, :, s:e], _mask_rows(mask4, 0, None, s, e), cap, sm_scale)
+        m = mass.float().nan_to_num(0.0).clamp(0.0, 1.0)
+        lse = torch.where(m > 0, lse_t - torch.log(m), torch.full_like(lse_t, math.inf))  # m = 0 → exp(−inf) = 0
+    elif lse is None:
         lse = _row_lse(q, k, mask4, cap, sm_scale)
     method, scale, beta, tau = rule
     kw = dict(method=method, scale=scale, beta=beta, tau=tau, alpha=alpha, softmax_scale=sm_scale, text_range=text)
@@ -382,12 +433,15 @@ def _guided_segments(guided_rows, text: tuple[int, int], n: int, length: int) ->
 def joint_gag_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, text_range, method: str = "gag",
                         scale: float, beta: float = 0.0, tau: float | None = 15.0, alpha: float = 1.5, mask=None,
                         dense: DenseFn | None = None, stats=None, max_chunk_bytes: int | None = None,
-                        softmax_scale: float | None = None, guided_rows=None) -> torch.Tensor:
+                        softmax_scale: float | None = None, guided_rows=None,
+                        dense_text_mass: bool = False) -> torch.Tensor:
     """Joint attention, image rows: out = O_d + m·(rule(O_s^t, O_d^t) − O_d^t) on the text keys `text_range`.
 
     q (B, H, N, D), k/v (B, Hkv, L, D); text_range = (start, stop) key columns of the text; guided_rows =
     (start, stop) query rows to guide (default: all, less the text rows when N = L); other rows keep O_d.
     `dense(q, k, v, mask)` gives O_d or (O_d, lse) (the host's chain), else PyTorch's SDPA with its lse.
+    dense_text_mass: `dense` takes any width at the default scale 1/√width, so it is called on
+    `text_mass_extension(q, k, v)` and returns m with O_d (no log-sum-exp pass); an O_d-wide answer is used too.
     """
     check_qkv(q, k, v)
     method, scale, beta, tau, alpha = check_params(method, scale, beta, tau, alpha)
@@ -398,14 +452,21 @@ def joint_gag_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, te
     text = check_range(text_range, length, "text_range")
     segments = _guided_segments(guided_rows, text, n, length)
     mask4 = check_mask(mask, b, h, n, length)
-    if dense is not None:
+    mass = None
+    if dense is not None and dense_text_mass:
+        res = dense(*text_mass_extension(q, k, v, text, softmax_scale=sm), mask)
+        if isinstance(res, torch.Tensor) and tuple(res.shape) == (b, h, n, dv + TEXT_MASS_PAD):
+            o_d, mass, lse = res[..., :dv], res[..., dv], None  # (B, H, N, Dv), (B, H, N)
+        else:  # a dense that answered O_d-wide (it did not use the channel): checked as usual
+            o_d, lse = _call_dense(lambda *_: res, q, k, v, mask, (b, h, n, dv))
+    elif dense is not None:
         o_d, lse = _call_dense(dense, q, k, v, mask, (b, h, n, dv))
     else:
         o_d, lse = dense_attention_with_lse(q, k, v, mask4, softmax_scale=sm)
     if not segments:  # no image rows: nothing to guide
         return o_d.to(q.dtype)
     rule = rule_for_stats(method, scale, beta, tau, stats)
-    fused = _joint_kernel(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm, stats, max_chunk_bytes)
+    fused = _joint_kernel(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm, stats, max_chunk_bytes, mass)
     if fused is not None:
         return fused
-    return _joint_torch(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm, stats, max_chunk_bytes)
+    return _joint_torch(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm, stats, max_chunk_bytes, mass)

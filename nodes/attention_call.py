@@ -59,6 +59,24 @@ class AttentionCall:
         """Keywords for gag_core beyond the rule: the host's softmax scale when it gave one."""
         return {} if self.softmax_scale is None else {"softmax_scale": self.softmax_scale}
 
+    def with_qkv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None):
+        """(args, kwargs) of this call with q, k, v (B, H, L, W) in its own layout, any width W; a `scale` the
+        host was given is replaced by `scale` (W^-1/2 when None, the default of a call that gave none)."""
+        width = q.shape[-1]
+        if not self.skip_reshape:
+            q, k = (t.transpose(1, 2).flatten(2) for t in (q, k))  # (B, L, H·W)
+            v = v.transpose(1, 2) if self.v.ndim == 4 else v.transpose(1, 2).flatten(2)
+        args, kwargs = list(self.args), dict(self.kwargs)
+        for i, (name, t) in enumerate(zip(POSITIONAL[:3], (q, k, v))):
+            if i < len(args):
+                args[i] = t
+            else:
+                alias = next((a for a, c in ALIASES.items() if c == name and a in kwargs), name)
+                kwargs[alias] = t
+        if kwargs.get("scale") is not None:
+            kwargs["scale"] = width ** -0.5 if scale is None else scale
+        return tuple(args), kwargs
+
     @property
     def batch(self) -> int:
         return self.q.shape[0]

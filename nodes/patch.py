@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..gag_core.attention import gag_attention, joint_gag_attention
+from ..gag_core.attention import gag_attention, joint_gag_attention, text_mass_agrees, text_mass_extension
 from ..gag_core.presets import get_preset
 from . import telemetry
 from .attention_call import AttentionCall, bind_attention_call, mask_to_4d, output_from_bhld, output_to_bhld
@@ -68,6 +68,13 @@ class GuidanceSettings:
     node_key: str | None = None
 
 
+_TEXT_MASS_VERDICT: dict[tuple, bool] = {}  # chained override's (module, qualname) -> passed the text-mass check
+
+
+def _override_key(fn) -> tuple:
+    return getattr(fn, "__module__", None), getattr(fn, "__qualname__", type(fn).__qualname__)
+
+
 class GuidedAttention:
     """The optimized_attention_override of one model pass: guide the routed calls, pass the others on."""
 
@@ -96,17 +103,43 @@ class GuidedAttention:
             warn_once(message, message)
         return self.call_next(func, args, kwargs)
 
+    def chain_passes_text_mass(self, dense, call: AttentionCall, route: Route, q, k, v, done: dict) -> bool:
+        """Whether the chained override may give m as an extra value channel: checked on its first joint call by
+        comparing with its plain call and the row lse (an override that changes outputs, like NAG, fails and
+        keeps the lse pass; a plain kernel passes), then remembered for that override's code."""
+        key = _override_key(self.previous)
+        if key not in _TEXT_MASS_VERDICT:
+            sm = call.softmax_scale
+            try:
+                o_x = done[True] = dense(*text_mass_extension(q, k, v, route.text_range, softmax_scale=sm), None)
+                o_d = done[False] = dense(q, k, v, None)  # both kept for this call's guidance
+                ok = text_mass_agrees(o_x, o_d, q, k, route.text_range, mask=mask_to_4d(call.mask),
+                                      softmax_scale=sm)
+            except Exception as e:  # e.g. a kernel that takes only some head widths
+                logger.info("[GAG] %s: no text-mass channel (%s: %s)", key[1], type(e).__name__, str(e)[:200])
+                ok = False
+            _TEXT_MASS_VERDICT[key] = ok
+            logger.info("[GAG] joint attention through %s: dense text mass from %s", key[1],
+                        "an extra value channel of its call" if ok else "a log-sum-exp pass")
+        return _TEXT_MASS_VERDICT[key]
+
     def guided(self, func, call: AttentionCall, route: Route) -> torch.Tensor:
         """GAG / PLADIS on one call. O_d: a chained override's output when there is one (the sparse branch is then a
         correction to it), else gag_core's own dense pass from the same q, k, v (which also gives the joint lse)."""
         s = self.settings
         heads = call.heads
         q, k, v = call.q_bhld(), call.k_bhld(), call.v_bhld()  # (B, H, N, D), (B, H_kv, M, D), (B, H_kv, M, Dv)
-        dense = None
+        dense, text_mass, done = None, False, {}
         if self.previous is not None:
-            def dense(_q, _k, _v, _mask):  # every keyword of the host's call reaches the chain untouched
-                return output_to_bhld(self.call_next(func, call.args, call.kwargs), heads, call.skip_output_reshape)
+            def dense(q_, k_, v_, _mask):  # every keyword of the host's call reaches the chain (scale: see with_qkv)
+                wide = q_.shape[-1] != q.shape[-1]  # the text-mass extension (joint calls), else the host's call
+                if wide not in done:  # (the text-mass check may have run it already)
+                    args = call.with_qkv(q_, k_, v_) if wide else (call.args, call.kwargs)
+                    done[wide] = output_to_bhld(self.call_next(func, *args), heads, call.skip_output_reshape)
+                return done.pop(wide)
 
+            if route.kind != "cross" and v.shape[-1] == q.shape[-1]:
+                text_mass = self.chain_passes_text_mass(dense, call, route, q, k, v, done)
         options = dict(method=s.method, scale=s.scale, beta=s.beta, tau=s.tau, alpha=s.alpha,
                        mask=mask_to_4d(call.mask), dense=dense,
                        stats=telemetry.stats_for(s.node_key, call.transformer_options), **call.gag_options())
@@ -115,7 +148,8 @@ class GuidedAttention:
         else:  # rows from guided_stop on (reference latents), and before guided_start, keep the dense output
             stop = q.shape[2] if route.guided_stop is None else min(route.guided_stop, q.shape[2])
             rows = None if route.guided_stop is None and not route.guided_start else (route.guided_start, stop)
-            out = joint_gag_attention(q, k, v, text_range=route.text_range, guided_rows=rows, **options)
+            out = joint_gag_attention(q, k, v, text_range=route.text_range, guided_rows=rows,
+                                      dense_text_mass=text_mass, **options)
         return output_from_bhld(out, call.skip_output_reshape)
 
 

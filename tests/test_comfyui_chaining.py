@@ -48,10 +48,34 @@ def test_no_op_guidance_on_a_foreign_override_equals_that_override(comfy, family
         calls.clear()
         out = comfy.sample(_advanced(comfy, foreign, **kw), family)
         assert torch.equal(out, alone), (family, kw, float((out - alone).abs().max()))
-        assert len(calls) == n_alone  # the foreign override ran for every call, guided ones included
+        # the foreign override ran for every call, guided ones included (+1: the text-mass check of a joint family)
+        assert n_alone <= len(calls) <= n_alone + 1
     guided = comfy.sample(_advanced(comfy, foreign), family)
     assert not torch.equal(guided, alone)
     assert torch.isfinite(guided).all()
     # and the guidance is the correction gag_core computes: the same change as without the foreign override
     plain_gain = comfy.sample(_advanced(comfy, base), family) - comfy.sample(base, family)
     assert float(plain_gain.abs().max()) > 0
+
+
+@pytest.mark.parametrize("family", ("flux1", "sd3"))
+def test_text_mass_channel_only_through_an_override_that_acts_as_plain_attention(comfy, family):  # noqa: F811
+    """A pass-through override gives m as an extra value channel (same guidance as without it); one that changes
+    outputs (the halving one) fails the check and keeps the log-sum-exp pass (exact, as the test above shows)."""
+    patch = comfy.patch
+
+    def plain(func, *args, **kwargs):
+        return func(*args, **kwargs)
+
+    base = comfy.build(family)
+    through = base.clone()
+    options = dict(through.model_options.get("transformer_options", {}))
+    options["optimized_attention_override"] = plain
+    through.model_options["transformer_options"] = options
+    patch._TEXT_MASS_VERDICT.clear()
+    guided_plain = comfy.sample(_advanced(comfy, base), family)
+    guided_through = comfy.sample(_advanced(comfy, through), family)
+    assert patch._TEXT_MASS_VERDICT == {(plain.__module__, plain.__qualname__): True}
+    torch.testing.assert_close(guided_through, guided_plain, rtol=1e-4, atol=1e-4)
+    comfy.sample(_advanced(comfy, _with_foreign_override(base, [])), family)
+    assert [v for (m, q), v in patch._TEXT_MASS_VERDICT.items() if q.endswith("halve")] == [False]

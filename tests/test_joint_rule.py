@@ -229,3 +229,32 @@ def test_statistics_describe_the_text_retrieval():
             gag_core.gag_combine(o_s_t, o_d_t, scale=scale - 1.0, beta=1.0, tau=None, stats=want)
         for key, val in want.summary().items():
             assert got.summary()[key] == pytest.approx(val, rel=1e-4, abs=1e-7), (method, key)
+
+
+@pytest.mark.parametrize("text,softmax_scale", [((0, 12), None), ((40, 52), 0.2), ((20, 32), None)])
+def test_text_mass_channel_equals_the_lse_path(text, softmax_scale):
+    """A dense pass on the text-mass extension returns [O_d | m | 0…] at the call's scale; guidance through it
+    equals the log-sum-exp path, and the check accepts a plain kernel but not one that rescales its output."""
+    from gag_core.attention import TEXT_MASS_PAD, text_mass_agrees, text_mass_extension
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 52, 16, generator=g) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 52, dtype=torch.bool)
+    mask[1, ..., text[0]:text[0] + 3] = False  # padded text keys of one batch item
+
+    def sdpa(q_, k_, v_, m_):  # a host kernel at the default scale 1/√width
+        return F.scaled_dot_product_attention(q_, k_, v_, attn_mask=m_)
+
+    o_x = sdpa(*text_mass_extension(q, k, v, text, softmax_scale=softmax_scale), mask)
+    assert o_x.shape[-1] == 16 + TEXT_MASS_PAD
+    p = torch.softmax((q @ k.transpose(-1, -2) * (softmax_scale or 16 ** -0.5)).masked_fill(~mask, -math.inf), -1)
+    torch.testing.assert_close(o_x[..., :16], p @ v, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(o_x[..., 16], p[..., text[0]:text[1]].sum(-1), atol=1e-6, rtol=1e-5)
+    assert bool((o_x[..., 17:] == 0).all())
+    o_d = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=softmax_scale)
+    assert text_mass_agrees(o_x, o_d, q, k, text, mask=mask, softmax_scale=softmax_scale)
+    assert not text_mass_agrees(o_x * 0.5, o_d * 0.5, q, k, text, mask=mask, softmax_scale=softmax_scale)
+    kw = dict(text_range=text, scale=5.0, mask=mask, softmax_scale=softmax_scale)
+    ref = joint_gag_attention(q, k, v, **kw)
+    via_channel = joint_gag_attention(q, k, v, dense=sdpa, dense_text_mass=True, **kw)
+    torch.testing.assert_close(via_channel, ref, atol=2e-5, rtol=1e-4)

@@ -462,6 +462,19 @@ def test_joint_gag_attention_dispatches_to_the_kernel(device, monkeypatch):
     assert_matches(fast, ref64, slow, fast)
 
 
+def test_joint_kernel_with_the_dense_text_mass_of_a_chained_kernel(device):
+    """m from the text-mass channel of a dense callback (no row lse given) feeds the kernel like the lse does."""
+    import torch.nn.functional as F
+
+    q, k, v = _small(device, n=30, m=30, d=32)
+    kw = dict(KW, text_range=(4, 12))
+    sdpa = lambda q_, k_, v_, m_: F.scaled_dot_product_attention(q_, k_, v_, attn_mask=m_)  # noqa: E731
+    fast = gag_core.joint_gag_attention(q, k, v, dense=sdpa, dense_text_mass=True, **kw)
+    slow = reference(gag_core.joint_gag_attention, q, k, v, **kw)
+    ref64 = reference(gag_core.joint_gag_attention, q.double(), k.double(), v.double(), **kw)
+    assert_matches(fast, ref64, slow, fast)
+
+
 # ----------------------------------------------------------------------------------------------- self-check
 
 def _spy_kernel(monkeypatch, name, transform):
