@@ -386,6 +386,16 @@ def report(res: dict, args) -> None:
     share_full = [b["guided"] * guided_scale(setup) / steps / fb for b, fb in zip(base, full["baseline"])]
     print(f"  share of the full-depth baseline step in the guided calls: {100 * med(share_full):.1f} % "
           f"(guided calls x {guided_scale(setup):.1f})")
+    # The steadier estimate on a loaded machine: only the guided calls differ between the settings, so the
+    # overhead is their extra time (same round, same calls) over the baseline step, at run and at full depth.
+    for lab, rs in rows.items():
+        if lab == "baseline":
+            continue
+        extra = [(r["guided"] - b["guided"]) / steps for r, b in zip(rs, base)]
+        at_run = med([x / (b["wall"] / steps) for x, b in zip(extra, base)])
+        at_full = med([x * guided_scale(setup) / fb for x, fb in zip(extra, full["baseline"])])
+        print(f"  {lab}: extra time in the guided calls {med(extra):.2f} s per step -> {100 * at_run:+.1f} % of the "
+              f"step at depth {args.depth}, x {guided_scale(setup):.1f} calls -> {100 * at_full:+.1f} % at full depth")
     if res["ops"]:
         print_ops(res["ops"], steps)
 
