@@ -3,6 +3,7 @@
 Prints, for the SDXL cross-attention shape and a FLUX-like joint shape scaled for CPU:
   (a) gag_attention time ÷ one dense F.scaled_dot_product_attention call   (target ≤ 3.0 / ≤ 2.0)
   (b) naive reference (entmax package + explicit matmuls, unchunked) ÷ gag_attention   (target ≥ 2)
+and PLADIS (s = 2) beside GAG, which must be no slower.
 Timings are interleaved (dense, gag, naive, dense, ...) and each ratio is the median of per-round ratios,
 so load from other processes on a shared machine hits all three alike. Usage:
   python benchmarks/bench_attention.py [--rounds 7] [--threads 2] [--eager]
@@ -75,14 +76,16 @@ def shapes():
     b, h, n, m, d = 2, 10, 4096, 77, 64
     q, k, v = (torch.randn(b, h, length, d, generator=g) for length in (n, m, m))
     yield ("SDXL cross (B=2, H=10, N=4096, M=77, D=64)", (q, k, v),
-           lambda: gag_core.gag_attention(q, k, v, scale=5.0), lambda: naive_cross(q, k, v, 5.0), 3.0)
+           lambda: gag_core.gag_attention(q, k, v, scale=5.0), lambda: naive_cross(q, k, v, 5.0), 3.0,
+           lambda: gag_core.gag_attention(q, k, v, method="pladis", scale=2.0))
     # FLUX-like joint attention scaled for CPU: 256 text + 1024 image tokens, 24 heads of 128.
     b, h, nt, ni, d = 1, 24, 256, 1024, 128
     qj, kj, vj = (torch.randn(b, h, nt + ni, d, generator=g) for _ in range(3))
     text = (0, nt)
     yield ("FLUX-like joint (B=1, H=24, 256 text + 1024 image, D=128)", (qj, kj, vj),
            lambda: gag_core.joint_gag_attention(qj, kj, vj, text_range=text, scale=5.0),
-           lambda: naive_joint(qj, kj, vj, text, 5.0), 2.0)
+           lambda: naive_joint(qj, kj, vj, text, 5.0), 2.0,
+           lambda: gag_core.joint_gag_attention(qj, kj, vj, text_range=text, method="pladis", scale=2.0))
 
 
 def peak_extra_mib(case: int, threads: int) -> float:
@@ -94,7 +97,7 @@ def peak_extra_mib(case: int, threads: int) -> float:
 
 
 def _memory_case(case: int) -> None:
-    title, (q, k, v), guided, _, _ = list(shapes())[case]
+    title, (q, k, v), guided, *_ = list(shapes())[case]
     out = torch.empty(q.shape[:3] + v.shape[3:])  # the output's own pages are not "extra"
     out.fill_(0)
     del out
@@ -123,22 +126,24 @@ def main() -> None:
         return _memory_case(args.memory_case)
     print(f"torch {torch.__version__}, {args.threads} threads, compile={os.environ.get('GAG_COMPILE', 'auto')}, "
           f"rounds={args.rounds}", flush=True)
-    for i, (title, (q, k, v), guided, naive, target) in enumerate(shapes()):
+    for i, (title, (q, k, v), guided, naive, target, pladis) in enumerate(shapes()):
         res = interleaved({"dense SDPA": lambda: F.scaled_dot_product_attention(q, k, v),
-                           "guided (gag_core)": guided, "naive reference": naive}, args.rounds)
+                           "guided (gag_core)": guided, "naive reference": naive, "PLADIS (gag_core)": pladis},
+                          args.rounds)
         err = (guided() - naive()).abs().max().item()
         report(title, res, err, peak_extra_mib(i, args.threads), target)
 
 
 def report(title, res, err, mem, target_a):
     names = list(res)
-    (t_d, _), (t_g, ratio_a), (t_n, ratio_n) = (res[x] for x in names)
+    (t_d, _), (t_g, ratio_a), (t_n, ratio_n), (t_p, ratio_p) = (res[x] for x in names)
     ratio_b = ratio_n / ratio_a
     print(f"\n{title}")
     for name in names:
         print(f"  {name:22s} {res[name][0] * 1e3:8.1f} ms")
     print(f"  (a) gag ÷ dense   = {ratio_a:5.2f}   (target ≤ {target_a})  {'OK' if ratio_a <= target_a else 'MISS'}")
     print(f"  (b) naive ÷ gag   = {ratio_b:5.2f}   (target ≥ 2)  {'OK' if ratio_b >= 2 else 'MISS'}")
+    print(f"  PLADIS ÷ dense    = {ratio_p:5.2f}   (PLADIS ÷ gag {ratio_p / ratio_a:.2f})")
     print(f"  max |gag − naive| = {err:.2e};  peak extra memory (eager, fresh process) ≈ {mem:.0f} MiB",
           flush=True)
 
