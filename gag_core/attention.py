@@ -232,9 +232,10 @@ def _cross_torch(q, k, v, mask4, o_d_full, rule, alpha, sm_scale, stats, cap) ->
 
 
 def _joint_torch(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm_scale, stats, cap,
-                 mass=None) -> torch.Tensor:
+                 mass=None, in_place=False) -> torch.Tensor:
     """Joint-attention rows in `segments`: out = O_d + m·(rule(O_s^t, O_d^t) − O_d^t); other rows O_d.
-    m: `mass` (B, H, N) when the dense pass gave it, else exp(lse_t − lse) from the row lse (computed if None)."""
+    m: `mass` (B, H, N) when the dense pass gave it, else exp(lse_t − lse) from the row lse (computed if None).
+    in_place: write into o_d (the caller's own dense output) instead of a copy of it."""
     b, h, n, _ = q.shape
     length, dv = k.shape[2], v.shape[3]
     s, e = text
@@ -242,7 +243,7 @@ def _joint_torch(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm_scale
     k_text, v_t = _scaled_keys(k[:, :, s:e], dtype, sm_scale), v[:, :, s:e].to(dtype)
     full_lse = lse is None and mass is None  # neither given: one more pass over all keys for the row lse
     k_all = _scaled_keys(k, dtype, sm_scale) if full_lse else None
-    out = o_d.to(q.dtype, copy=True)
+    out = o_d if in_place and o_d.dtype == q.dtype else o_d.to(q.dtype, copy=True)
     row_bytes = b * h * (14 * (e - s) + 12 * dv + (2 * length if full_lse else 0)) * torch.finfo(dtype).bits // 8
     step = _chunk_rows(n, row_bytes, cap)
     for seg_a, seg_e in segments:
@@ -471,4 +472,6 @@ def joint_gag_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, te
     fused = _joint_kernel(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm, stats, max_chunk_bytes, mass)
     if fused is not None:
         return fused
-    return _joint_torch(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm, stats, max_chunk_bytes, mass)
+    # o_d is this call's own (gag_core's SDPA, or the chain's fresh output): guided rows overwrite it in place
+    return _joint_torch(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm, stats, max_chunk_bytes, mass,
+                        in_place=True)
