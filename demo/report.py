@@ -1,7 +1,9 @@
 """python -m demo.report RESULTS.json ...: the README's Markdown table rows from saved results, no re-sampling.
 
-Several files (e.g. one run per regime or per sweep) merge into one table when they hold the same items; a
-setting present in more than one file must have the same judgements in each (sampling is deterministic).
+Several files (e.g. one run per sweep) merge into one table when they hold the same items; a setting present in
+more than one file must have the same judgements in each (sampling is deterministic). With --pool the files are
+runs of the same settings on different prompt × seed sets (e.g. --first-seed 0, 100, 200): their items are
+concatenated, so every statistic, the paired test included, is over the pooled images.
 """
 from __future__ import annotations
 
@@ -20,8 +22,13 @@ TASK_NAMES = {"single_object": "single object", "colors": "colours", "counting":
               "two_object": "two objects", "position": "position", "color_attr": "colour attr."}
 
 
-def load_results(paths: list[str]) -> tuple[list[dict], dict[str, np.ndarray], dict]:
-    """Items (task, caption, seed), {setting: bool per item} and the first file's run info, merged over paths."""
+def load_results(paths: list[str], pool: bool = False) -> tuple[list[dict], dict[str, np.ndarray], dict]:
+    """Items (task, caption, seed), {setting: bool per item} and the first file's run info, merged over paths.
+
+    pool: the files hold the same settings on disjoint item sets; items and judgements are concatenated.
+    """
+    if pool:
+        return _pooled(paths)
     items, merged, info = None, {}, {}
     for path in paths:
         res = json.loads(Path(path).read_text())
@@ -40,6 +47,31 @@ def load_results(paths: list[str]) -> tuple[list[dict], dict[str, np.ndarray], d
     if items is None:
         raise ValueError("no results files given")
     return [dict(task=t, caption=c, seed=s) for t, c, s in items], merged, info
+
+
+def _pooled(paths: list[str]) -> tuple[list[dict], dict[str, np.ndarray], dict]:
+    """load_results(pool=True): the same settings and run, different (task, caption, seed) items, concatenated."""
+    items, parts, info, settings, seen = [], {}, {}, None, set()
+    for path in paths:
+        res = json.loads(Path(path).read_text())
+        run = {k: res.get(k) for k in ("arch", "steps", "cfg")}
+        if settings is None:
+            settings, info = list(res["settings"]), run
+        elif res["settings"] != settings:
+            raise ValueError(f"{str(path)!r} holds other settings than {paths[0]!r}; --pool needs the same ones")
+        elif run != info:
+            raise ValueError(f"{str(path)!r} is a different run (arch/steps/cfg) from {paths[0]!r}")
+        keys = {(it["task"], it["caption"], it["seed"]) for it in res["items"]}
+        if keys & seen:
+            raise ValueError(f"{str(path)!r} repeats images of an earlier file; --pool needs disjoint prompt × seed "
+                             "sets (e.g. different --first-seed)")
+        seen |= keys
+        items += [dict(task=it["task"], caption=it["caption"], seed=it["seed"]) for it in res["items"]]
+        for label in settings:
+            parts.setdefault(label, []).append(np.array([bool(it[label]) for it in res["items"]]))
+    if settings is None:
+        raise ValueError("no results files given")
+    return items, {label: np.concatenate(p) for label, p in parts.items()}, info
 
 
 def cell(ok: np.ndarray) -> str:
@@ -70,9 +102,11 @@ def markdown(items: list[dict], results: dict[str, np.ndarray], baseline: str = 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m demo.report", description=__doc__)
     p.add_argument("results", nargs="+", help="results.json files written by python -m demo")
+    p.add_argument("--pool", action="store_true", help="the files are the same settings on different seed sets: "
+                   "pool their images")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        items, results, info = load_results(args.results)
+        items, results, info = load_results(args.results, pool=args.pool)
     except (ValueError, FileNotFoundError, KeyError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

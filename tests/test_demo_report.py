@@ -98,3 +98,22 @@ def test_the_readme_shows_existing_demo_grids_and_the_paths_the_demo_writes():
     assert all((root / p).is_file() for p in shown)
     assert "out/demo/grid.png" not in readme  # the demo writes out/demo/<arch>/grid.png
     assert all(f"out/demo/{arch}/grid.png" in readme for arch in DEFAULT_SET)
+
+
+def test_report_pools_runs_of_the_same_settings_on_disjoint_seed_sets(tmp_path, capsys):
+    a = _run(tmp_path, "a", "--scale", "3")
+    b = _run(tmp_path, "b", "--scale", "3", "--first-seed", "7")
+    items, res, info = load_results([str(a), str(b)], pool=True)
+    one = json.loads(a.read_text())
+    assert len(items) == 2 * len(one["items"]) and info["arch"] == "unet"
+    assert list(res) == one["settings"] and all(len(v) == len(items) for v in res.values())
+    assert np.array_equal(res["baseline"][: len(one["items"])], [it["baseline"] for it in one["items"]])
+    capsys.readouterr()
+    assert report_main(["--pool", str(a), str(b)]) == 0
+    assert f"{2 * len(world.TASKS)} per setting" in capsys.readouterr().out
+    assert report_main(["--pool", str(a), str(a)]) == 2  # the same images twice
+    assert "disjoint" in capsys.readouterr().err
+    c = _run(tmp_path, "c", "--scale", "4", "--first-seed", "9")
+    capsys.readouterr()
+    assert report_main(["--pool", str(a), str(c)]) == 2
+    assert "other settings" in capsys.readouterr().err
