@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .combine import gag_combine, pladis_combine, rule_for_stats
-from .entmax import entmax
+from .entmax import call_logits, entmax
 from .validate import (ENV_DISABLE_TRITON, ENV_MAX_CHUNK_MB, ENV_TRITON_INTERPRET, HALF_DTYPES, METHODS,
                        check_mask, check_params, check_qkv, check_range, check_softmax_scale)
 
@@ -216,18 +216,19 @@ def _cross_torch(q, k, v, mask4, o_d_full, rule, alpha, sm_scale, stats, cap) ->
     # Working set per query row, measured (tests/test_attention.py): ~14 key-length rows (logits, both
     # probability rows, exponentials and entmax temporaries) and ~12 head_dim rows (outputs, rule temporaries).
     step = _chunk_rows(n, b * h * (14 * m + 12 * dv) * torch.finfo(dtype).bits // 8, cap)
-    for a in range(0, n, step):
-        e = min(n, a + step)
-        z = _logits(q[:, :, a:e], k_t, _mask_rows(mask4, a, e), dtype)  # (B, H, n, M)
-        p_d = entmax(z, 1.0)  # softmax = 1-entmax (fully masked rows → 0)
-        p_s = p_d.clone() if alpha == 1.0 else entmax(z, alpha)
-        del z
-        if o_d_full is None:
-            o_d, o_s = p_d @ vv, p_s @ vv  # (B, H, n, Dv)
-        else:
-            o_d = o_d_full[:, :, a:e].to(dtype)
-            o_s = o_d + p_s.sub_(p_d) @ vv
-        out[:, :, a:e] = _combine(o_s, o_d, rule, stats)
+    with call_logits(b * h * n * m):  # the whole call decides whether its chunks are compiled
+        for a in range(0, n, step):
+            e = min(n, a + step)
+            z = _logits(q[:, :, a:e], k_t, _mask_rows(mask4, a, e), dtype)  # (B, H, n, M)
+            p_d = entmax(z, 1.0)  # softmax = 1-entmax (fully masked rows → 0)
+            p_s = p_d.clone() if alpha == 1.0 else entmax(z, alpha)
+            del z
+            if o_d_full is None:
+                o_d, o_s = p_d @ vv, p_s @ vv  # (B, H, n, Dv)
+            else:
+                o_d = o_d_full[:, :, a:e].to(dtype)
+                o_s = o_d + p_s.sub_(p_d) @ vv
+            out[:, :, a:e] = _combine(o_s, o_d, rule, stats)
     return out
 
 
@@ -246,25 +247,26 @@ def _joint_torch(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm_scale
     out = o_d if in_place and o_d.dtype == q.dtype else o_d.to(q.dtype, copy=True)
     row_bytes = b * h * (14 * (e - s) + 12 * dv + (2 * length if full_lse else 0)) * torch.finfo(dtype).bits // 8
     step = _chunk_rows(n, row_bytes, cap)
-    for seg_a, seg_e in segments:
-        for a in range(seg_a, seg_e, step):
-            c = min(seg_e, a + step)
-            z_t = _logits(q[:, :, a:c], k_text, _mask_rows(mask4, a, c, s, e), dtype)  # (B, H, n, M_text)
-            # Dense text mass m of each row (0 where the row or its text block is fully masked).
-            if mass is not None:
-                m_c = mass[:, :, a:c, None].to(dtype).nan_to_num(0.0).clamp_(0.0, 1.0)
-            else:
-                lse_c = lse[:, :, a:c].to(dtype) if lse is not None else torch.logsumexp(
-                    _logits(q[:, :, a:c], k_all, _mask_rows(mask4, a, c), dtype), dim=-1)
-                lse_t = torch.logsumexp(z_t, dim=-1, keepdim=True)
-                m_c = torch.exp(lse_t - lse_c.unsqueeze(-1)).nan_to_num_(0.0).clamp_(max=1.0)
-            p_d = entmax(z_t, 1.0)  # softmax over the text keys alone (fully masked rows → 0)
-            p_s = p_d if alpha == 1.0 else entmax(z_t, alpha)  # α = 1: Δ = 0 exactly, out = O_d exactly
-            o_d_t = p_d @ v_t  # (B, H, n, Dv)
-            o_s_t = o_d_t if alpha == 1.0 else p_s @ v_t
-            del z_t, p_s, p_d
-            g = _combine(o_s_t, o_d_t, rule, stats)
-            out[:, :, a:c] = (o_d[:, :, a:c].to(dtype) + m_c * (g.to(dtype) - o_d_t)).to(q.dtype)
+    with call_logits(b * h * n * (e - s)):
+        for seg_a, seg_e in segments:
+            for a in range(seg_a, seg_e, step):
+                c = min(seg_e, a + step)
+                z_t = _logits(q[:, :, a:c], k_text, _mask_rows(mask4, a, c, s, e), dtype)  # (B, H, n, M_text)
+                # Dense text mass m of each row (0 where the row or its text block is fully masked).
+                if mass is not None:
+                    m_c = mass[:, :, a:c, None].to(dtype).nan_to_num(0.0).clamp_(0.0, 1.0)
+                else:
+                    lse_c = lse[:, :, a:c].to(dtype) if lse is not None else torch.logsumexp(
+                        _logits(q[:, :, a:c], k_all, _mask_rows(mask4, a, c), dtype), dim=-1)
+                    lse_t = torch.logsumexp(z_t, dim=-1, keepdim=True)
+                    m_c = torch.exp(lse_t - lse_c.unsqueeze(-1)).nan_to_num_(0.0).clamp_(max=1.0)
+                p_d = entmax(z_t, 1.0)  # softmax over the text keys alone (fully masked rows → 0)
+                p_s = p_d if alpha == 1.0 else entmax(z_t, alpha)  # α = 1: Δ = 0 exactly, out = O_d exactly
+                o_d_t = p_d @ v_t  # (B, H, n, Dv)
+                o_s_t = o_d_t if alpha == 1.0 else p_s @ v_t
+                del z_t, p_s, p_d
+                g = _combine(o_s_t, o_d_t, rule, stats)
+                out[:, :, a:c] = (o_d[:, :, a:c].to(dtype) + m_c * (g.to(dtype) - o_d_t)).to(q.dtype)
     return out
 
 

@@ -12,6 +12,8 @@ Fast paths (sort-free, exact):
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
 import os
@@ -191,27 +193,42 @@ def _sparsemax_probs(z: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.T
 
 _COMPILED: dict = {}
 _COMPILE_MIN_NUMEL = 2**20
-_AUTO = {"compile": True}  # what GAG_COMPILE=auto (or unset) means; a host may switch it (set_compile_default)
+# What GAG_COMPILE=auto (or unset) means; a host may change it (set_compile_default).
+_AUTO = {"compile": True, "min_call_logits": 0}
+_CALL_LOGITS = contextvars.ContextVar("gag_call_logits", default=0)  # B·H·N·M of the attention call running
 _log = logging.getLogger("gag_core")
 
 
-def set_compile_default(enabled: bool) -> None:
-    """What GAG_COMPILE unset / 'auto' means: compile large CPU inputs (True, gag_core's default) or never.
+def set_compile_default(enabled: bool, *, min_call_logits: int = 0) -> None:
+    """What GAG_COMPILE unset / 'auto' means: compile large CPU inputs (True, gag_core's default) or never, and
+    with `min_call_logits` only inside attention calls with at least that many logits (B·H·N·M).
 
-    The ComfyUI nodes set False: inside a sampling run the compile time is not paid back (README, nodes section).
-    GAG_COMPILE=1 / 0 still force it on / off.
+    The ComfyUI nodes compile only calls of ≥ 2²⁴ logits (joint and video models), where one sampling step
+    repays the compile; UNet-size calls stay eager (README, nodes section). GAG_COMPILE=1 / 0 still force it.
     """
-    _AUTO["compile"] = bool(enabled)
+    _AUTO["compile"], _AUTO["min_call_logits"] = bool(enabled), int(min_call_logits)
+
+
+@contextlib.contextmanager
+def call_logits(numel: int):
+    """Within: the attention call being computed has `numel` logits (its chunks are what gets compiled)."""
+    token = _CALL_LOGITS.set(int(numel))
+    try:
+        yield
+    finally:
+        _CALL_LOGITS.reset(token)
 
 
 def _use_compile(z: torch.Tensor) -> bool:
-    """GAG_COMPILE=1 always, 0 never; unset / auto: on CPU for ≥ 2²⁰ elements, unless the host set it off."""
+    """GAG_COMPILE=1 always, 0 never; unset / auto: on CPU for ≥ 2²⁰ elements in a call of at least the host's
+    minimum of logits, unless the host set it off."""
     mode = os.environ.get(ENV_COMPILE, "auto")
     if mode == "0" or _COMPILED.get("broken"):
         return False
     if mode == "1":
         return True
-    return _AUTO["compile"] and z.device.type == "cpu" and z.numel() >= _COMPILE_MIN_NUMEL
+    return (_AUTO["compile"] and z.device.type == "cpu" and z.numel() >= _COMPILE_MIN_NUMEL
+            and max(z.numel(), _CALL_LOGITS.get()) >= _AUTO["min_call_logits"])
 
 
 def compiled_or_eager(fn, *args, size_hint: torch.Tensor, eager=None):

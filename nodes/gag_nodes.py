@@ -10,9 +10,11 @@ from .families import detect_family
 from .patch import METHODS, apply_guidance
 
 CATEGORY = "model_patches/attention_guidance"
-# Inside ComfyUI gag_core runs eagerly unless GAG_COMPILE=1: measured in ComfyUI's sampler on CPU (SD1.5 width,
-# 512², README nodes section), torch.compile's first-run cost is not paid back within a sampling run.
-set_compile_default(False)
+# Inside ComfyUI gag_core compiles (CPU) only attention calls of ≥ 2²⁴ logits (B·H·N·M: FLUX.1 / Qwen-Image at
+# 1024², video models), where one sampling step repays the ~40 s first compile; UNet-size calls (SDXL at 1024²:
+# 6.3M) stay eager, where a run does not repay it (README, nodes section). GAG_COMPILE=1 / 0 force it on / off.
+COMPILE_MIN_CALL_LOGITS = 2**24
+set_compile_default(True, min_call_logits=COMPILE_MIN_CALL_LOGITS)
 # UI defaults: the SDXL preset (λ, β, τ, α, s). At run time the detected family's preset sets the rest
 # (τ, α, step window and blocks for the simple nodes; blocks for 'auto').
 _UI = get_preset("sdxl")

@@ -101,10 +101,12 @@ def test_the_run_check_counts_per_run_on_the_real_sampler(comfy, caplog):
     assert nothing_guided(caplog) == [] and guidance.tally is None  # the run's tally is gone after it
 
 
-def test_gag_core_runs_eagerly_inside_comfyui_by_default(comfy, monkeypatch):
+def test_gag_core_compiles_only_joint_and_video_size_calls_inside_comfyui(comfy, monkeypatch):
     entmax = pack_module(comfy, "gag_core.entmax")
-    big = torch.empty(2, 8, 4096, 77)
+    big = torch.empty(2, 8, 4096, 77)  # an SD1.5 cross-attention call: eager
     monkeypatch.delenv("GAG_COMPILE", raising=False)
-    assert entmax._AUTO["compile"] is False and not entmax._use_compile(big)
+    assert entmax._AUTO["min_call_logits"] == 2**24 and not entmax._use_compile(big)
+    with entmax.call_logits(24 * 4096 * 512):  # a chunk of a FLUX.1 joint call at 1024²: compiled
+        assert entmax._use_compile(big)
     monkeypatch.setenv("GAG_COMPILE", "1")
     assert entmax._use_compile(big)

@@ -1,5 +1,5 @@
 """When gag_core compiles (issue 15): GAG_COMPILE=1 / 0 force it, 'auto' follows the host's default (the ComfyUI
-nodes switch it off), and a compile is announced once with its duration and how to turn it off."""
+nodes keep UNet-size calls eager), and a compile is announced once with its duration and how to turn it off."""
 from __future__ import annotations
 
 import importlib
@@ -19,6 +19,7 @@ BIG = torch.empty(2, 8, 4096, 77)  # SD1.5 at 512², level 0: 5M logits (≥ 2²
 def fresh(monkeypatch):
     monkeypatch.setattr(E, "_COMPILED", {})
     monkeypatch.setitem(E._AUTO, "compile", True)
+    monkeypatch.setitem(E._AUTO, "min_call_logits", 0)
     monkeypatch.delenv("GAG_COMPILE", raising=False)
     return monkeypatch
 
@@ -34,6 +35,20 @@ def test_auto_follows_the_host_default_and_the_switch_wins(fresh):
     E.set_compile_default(True)
     fresh.setenv("GAG_COMPILE", "0")
     assert not E._use_compile(BIG)
+
+
+def test_the_comfyui_policy_compiles_only_joint_and_video_size_calls(fresh):
+    """min_call_logits: an SDXL-size call (its chunks included) stays eager, the chunks of a FLUX-size call compile."""
+    E.set_compile_default(True, min_call_logits=2**24)
+    try:
+        assert not E._use_compile(BIG)
+        with E.call_logits(2 * 10 * 4096 * 77):  # SDXL at 1024², level 0
+            assert not E._use_compile(BIG)
+        with E.call_logits(24 * 4096 * 512):  # FLUX.1 at 1024²: text logits of the image rows
+            assert E._use_compile(BIG) and not E._use_compile(torch.empty(2, 77))  # tiny chunks never
+        assert not E._use_compile(BIG)  # back outside the call
+    finally:
+        E.set_compile_default(True)
 
 
 def test_a_compile_is_announced_once_with_its_time_and_the_off_switch(fresh, caplog):
