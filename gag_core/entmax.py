@@ -192,7 +192,8 @@ def _sparsemax_probs(z: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.T
 
 
 _COMPILED: dict = {}
-_COMPILE_MIN_NUMEL = 2**20
+_COMPILE_MIN_NUMEL = 2**20  # calls (or lone tensors) smaller than this never compile
+_COMPILE_MIN_CHUNK = 2**16  # nor pieces smaller than this
 # What GAG_COMPILE=auto (or unset) means; a host may change it (set_compile_default).
 _AUTO = {"compile": True, "min_call_logits": 0}
 _CALL_LOGITS = contextvars.ContextVar("gag_call_logits", default=0)  # B·H·N·M of the attention call running
@@ -220,15 +221,16 @@ def call_logits(numel: int):
 
 
 def _use_compile(z: torch.Tensor) -> bool:
-    """GAG_COMPILE=1 always, 0 never; unset / auto: on CPU for ≥ 2²⁰ elements in a call of at least the host's
-    minimum of logits, unless the host set it off."""
+    """GAG_COMPILE=1 always, 0 never; unset / auto: on CPU, for pieces of ≥ 2¹⁶ elements of a call (or a lone
+    tensor) of ≥ 2²⁰ elements and at least the host's minimum of logits, unless the host set it off."""
     mode = os.environ.get(ENV_COMPILE, "auto")
     if mode == "0" or _COMPILED.get("broken"):
         return False
     if mode == "1":
         return True
-    return (_AUTO["compile"] and z.device.type == "cpu" and z.numel() >= _COMPILE_MIN_NUMEL
-            and max(z.numel(), _CALL_LOGITS.get()) >= _AUTO["min_call_logits"])
+    size = max(z.numel(), _CALL_LOGITS.get())  # the whole call decides, so all its chunks run alike
+    return (_AUTO["compile"] and z.device.type == "cpu" and z.numel() >= _COMPILE_MIN_CHUNK
+            and size >= max(_COMPILE_MIN_NUMEL, _AUTO["min_call_logits"]))
 
 
 def compiled_or_eager(fn, *args, size_hint: torch.Tensor, eager=None):
