@@ -59,9 +59,9 @@ class AttentionCall:
         """Keywords for gag_core beyond the rule: the host's softmax scale when it gave one."""
         return {} if self.softmax_scale is None else {"softmax_scale": self.softmax_scale}
 
-    def with_qkv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None):
+    def with_qkv(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """(args, kwargs) of this call with q, k, v (B, H, L, W) in its own layout, any width W; a `scale` the
-        host was given is replaced by `scale` (W^-1/2 when None, the default of a call that gave none)."""
+        host was given becomes W^-1/2, the default of a call that gave none."""
         width = q.shape[-1]
         if not self.skip_reshape:
             q, k = (t.transpose(1, 2).flatten(2) for t in (q, k))  # (B, L, H·W)
@@ -74,7 +74,7 @@ class AttentionCall:
                 alias = next((a for a, c in ALIASES.items() if c == name and a in kwargs), name)
                 kwargs[alias] = t
         if kwargs.get("scale") is not None:
-            kwargs["scale"] = width ** -0.5 if scale is None else scale
+            kwargs["scale"] = width ** -0.5
         return tuple(args), kwargs
 
     @property
