@@ -235,7 +235,7 @@ def _cross_torch(q, k, v, mask4, o_d_full, rule, alpha, sm_scale, stats, cap) ->
 def _joint_torch(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm_scale, stats, cap,
                  mass=None, in_place=False) -> torch.Tensor:
     """Joint-attention rows in `segments`: out = O_d + m·(rule(O_s^t, O_d^t) − O_d^t); other rows O_d.
-    m: `mass` (B, H, N) when the dense pass gave it, else exp(lse_t − lse) from the row lse (computed if None).
+    m: `mass` (B, H, N, in [0, 1]) when the dense pass gave it, else exp(lse_t − lse) from the row lse (computed if None).
     in_place: write into o_d (the caller's own dense output) instead of a copy of it."""
     b, h, n, _ = q.shape
     length, dv = k.shape[2], v.shape[3]
@@ -254,7 +254,7 @@ def _joint_torch(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm_scale
                 z_t = _logits(q[:, :, a:c], k_text, _mask_rows(mask4, a, c, s, e), dtype)  # (B, H, n, M_text)
                 # Dense text mass m of each row (0 where the row or its text block is fully masked).
                 if mass is not None:
-                    m_c = mass[:, :, a:c, None].to(dtype).nan_to_num(0.0).clamp_(0.0, 1.0)
+                    m_c = mass[:, :, a:c, None]
                 else:
                     lse_c = lse[:, :, a:c].to(dtype) if lse is not None else torch.logsumexp(
                         _logits(q[:, :, a:c], k_all, _mask_rows(mask4, a, c), dtype), dim=-1)
@@ -364,7 +364,7 @@ def _joint_kernel(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm_scal
     if lse is None and mass is not None:  # the kernel reads m = exp(lse_t − lse): lse = lse_t − log m (text keys only)
         s, e = text
         lse_t = _row_lse(q, k[:, :, s:e], _mask_rows(mask4, 0, None, s, e), cap, sm_scale)
-        m = mass.float().nan_to_num(0.0).clamp(0.0, 1.0)
+        m = mass.float()
         lse = torch.where(m > 0, lse_t - torch.log(m), torch.full_like(lse_t, math.inf))  # m = 0 → exp(−inf) = 0
     elif lse is None:
         lse = _row_lse(q, k, mask4, cap, sm_scale)
@@ -461,7 +461,9 @@ def joint_gag_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, te
     if dense is not None and dense_text_mass:
         res = dense(*text_mass_extension(q, k, v, text, softmax_scale=sm), mask)
         if isinstance(res, torch.Tensor) and tuple(res.shape) == (b, h, n, dv + TEXT_MASS_PAD):
-            o_d, mass, lse = res[..., :dv], res[..., dv], None  # (B, H, N, Dv), (B, H, N)
+            # (B, H, N, Dv), (B, H, N); m in [0, 1], 0 on rows the kernel left NaN (fully masked)
+            o_d, lse = res[..., :dv], None
+            mass = res[..., dv].to(_compute_dtype(q.dtype)).nan_to_num(0.0).clamp_(0.0, 1.0)
         else:  # a dense that answered O_d-wide (it did not use the channel): checked as usual
             o_d, lse = _call_dense(lambda *_: res, q, k, v, mask, (b, h, n, dv))
     elif dense is not None:
