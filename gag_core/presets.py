@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+# Where a preset value comes from (`Preset.source`): the README's settings table and the web menu's tooltip show it.
+PROVENANCE = ("paper", "public port", "measured here", "extrapolated")
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -21,6 +24,18 @@ class Preset:
     scale_range: tuple[float, float]  # range worth exploring for λ
     beta_range: tuple[float, float]
     note: str
+    # provenance of the values, one PROVENANCE entry each: ((field or "all", source), ...); "all" covers the rest
+    source: tuple[tuple[str, str], ...] = (("all", "extrapolated"),)
+
+    def __post_init__(self):
+        for name, where in self.source:
+            if where not in PROVENANCE or (name != "all" and name not in self.__dataclass_fields__):
+                raise ValueError(f"preset {self.family!r}: bad source entry {(name, where)!r}; sources: {PROVENANCE}")
+
+    def source_of(self, name: str) -> str:
+        """Where the value of field `name` comes from (one of PROVENANCE)."""
+        table = dict(self.source)
+        return table.get(name, table.get("all", "extrapolated"))
 
     def as_dict(self) -> dict:
         return asdict(self)
