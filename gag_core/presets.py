@@ -41,44 +41,58 @@ class Preset:
         return asdict(self)
 
 
-# Sources: the GAG paper (β = 0 default, τ rescaling, α = 1.5 entmax as in PLADIS), PLADIS (s = 2.0,
-# input + output UNet blocks, middle excluded) and public re-implementations (λ 5–10, τ 15).
+# Sources. paper: the GAG paper (β = 0, the norm cap τ, α = 1.5 entmax, every step guided) and PLADIS (s = 2.0; UNet
+# input + output blocks, middle excluded). public port: public re-implementations of GAG for SDXL and FLUX.1
+# (λ 5–10, τ 15). measured here: this project's demo (docs/evidence.md). extrapolated: carried over from another
+# family without a measurement on this one. Where the demo contradicts a kept value, the README's settings table
+# says why at that row.
+_RULE = (("beta", "paper"), ("alpha", "paper"), ("start_percent", "paper"), ("end_percent", "paper"))
+_UNET = _RULE + (("blocks", "paper"), ("pladis_scale", "paper"))
+_PORTED = (("scale", "public port"), ("tau", "public port"))
+
+
 PRESETS: dict[str, Preset] = {
     p.family: p
     for p in (
-        Preset("sd15", "SD 1.5", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "input,output", 2.0, (2.0, 10.0), (0.0, 0.3),
-               "UNet cross-attention (77 CLIP tokens); as SDXL."),
+        Preset("sd15", "SD 1.5", 1.0, 0.0, 15.0, 1.5, 0.0, 1.0, "input,output", 2.0, (0.5, 3.0), (0.0, 0.3),
+               "UNet cross-attention (77 CLIP tokens). λ = 1: on the SD 1.5-like demo UNet λ ≥ 2 lost single "
+               "objects with CFG; λ = 1 was neutral with CFG and gained at 4 steps without it.",
+               source=_UNET + (("scale", "measured here"), ("scale_range", "measured here"))),
         Preset("sdxl", "SDXL", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "input,output", 2.0, (2.0, 10.0), (0.0, 0.3),
-               "CFG 5–7, 25–50 steps. Raise λ towards 10 for stronger prompt adherence; keep β ≤ 0.3."),
+               "CFG 5–7, 25–50 steps. Raise λ towards 10 for stronger prompt adherence; keep β ≤ 0.3.",
+               source=_UNET + _PORTED),
         Preset("dmd2", "DMD2 / distilled SDXL", 3.0, 0.0, 15.0, 1.5, 0.0, 1.0, "input,output", 2.0, (1.0, 6.0),
-               (0.0, 0.2), "4-step distilled SDXL (DMD2, Lightning, Hyper) at CFG 1: GAG is the only guidance."),
+               (0.0, 0.2), "4-step distilled SDXL (DMD2, Lightning, Hyper) at CFG 1: GAG is the only guidance.",
+               source=_UNET + (("tau", "public port"),)),
         Preset("flux1", "FLUX.1", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0, (2.0, 10.0), (0.0, 0.3),
-               "Joint attention: only image-query × text-key weights change. Works for dev and schnell."),
+               "Joint attention: only image-query × text-key weights change. Works for dev and schnell.",
+               source=_RULE + _PORTED),
         Preset("flux2", "FLUX.2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0, (2.0, 10.0), (0.0, 0.3),
-               "As FLUX.1; FLUX.2 pads text to 512 tokens at the front."),
+               "As FLUX.1; FLUX.2 pads text to 512 tokens at the front.", source=_RULE),
         Preset("qwen_image", "Qwen-Image", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
-               "MMDiT with double-stream blocks only."),
+               "MMDiT with double-stream blocks only.", source=_RULE),
         Preset("sd3", "SD3 / SD3.5", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
-               "MMDiT joint attention [context | image]."),
+               "MMDiT joint attention [context | image].", source=_RULE),
         Preset("wan", "Wan 2.1 / 2.2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
                "Video: text cross-attention of every block (umT5, 512 keys); self-attention and the I2V image "
-               "cross-attention stay dense."),
+               "cross-attention stay dense.", source=_RULE),
         Preset("ltxv", "LTX-Video / LTX-2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
-               "Video: video-query × text-key cross-attention of every block; LTX-2's audio queries stay dense."),
+               "Video: video-query × text-key cross-attention of every block; LTX-2's audio queries stay dense.",
+               source=_RULE),
         Preset("zimage", "Z-Image / Lumina 2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0),
                (0.0, 0.3), "Joint [caption | image] in every main layer; Z-Image Turbo runs at CFG 1, where GAG is "
-               "the only guidance."),
+               "the only guidance.", source=_RULE),
         Preset("chroma", "Chroma / Chroma Radiance", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0,
-               (2.0, 10.0), (0.0, 0.3), "FLUX layout [text | image] without pooled vector; as FLUX.1."),
+               (2.0, 10.0), (0.0, 0.3), "FLUX layout [text | image] without pooled vector; as FLUX.1.", source=_RULE),
         Preset("hunyuan_video", "HunyuanVideo / 1.5", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0,
-               (2.0, 10.0), (0.0, 0.3), "Video, FLUX-style blocks; 1.5's byT5 tokens count as text."),
+               (2.0, 10.0), (0.0, 0.3), "Video, FLUX-style blocks; 1.5's byT5 tokens count as text.", source=_RULE),
         Preset("krea2", "Krea 2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "single", 2.0, (2.0, 10.0), (0.0, 0.3),
-               "Single stream [text | image | reference]; reference rows stay dense."),
+               "Single stream [text | image | reference]; reference rows stay dense.", source=_RULE),
         Preset("hidream", "HiDream", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0, (2.0, 10.0), (0.0, 0.3),
-               "Joint [image | T5 + LLM]: the whole text block of each layer is the text span."),
+               "Joint [image | T5 + LLM]: the whole text block of each layer is the text span.", source=_RULE),
         Preset("minimax_h3", "MiniMax H3 (text-to-video)", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0),
                (0.0, 0.3), "Packed [text | audio | video]: video queries × text keys; audio rows stay dense. "
-               "Keyframe and reference modes pass unguided."),
+               "Keyframe and reference modes pass unguided.", source=_RULE),
     )
 }
 

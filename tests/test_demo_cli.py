@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from demo import world
+from gag_core import get_preset
 from demo.__main__ import layer_subset, main
 from demo.evaluate import initial_noise, prompt_set
 
@@ -35,7 +36,8 @@ def test_both_architectures_by_default_with_the_whole_row_ablation(tmp_path, cap
     assert "== unet" in out and "== mmdit" in out and "total" in out
     unet = json.loads((tmp_path / "unet" / "results.json").read_text())
     mmdit = json.loads((tmp_path / "mmdit" / "results.json").read_text())
-    assert unet["settings"] == ["baseline", "PLADIS s=2", "GAG λ=5 β=0 τ=15"]  # the SD 1.5 preset
+    sd15 = get_preset("sd15")  # the UNet runs GAG at the SD 1.5 preset
+    assert unet["settings"] == ["baseline", "PLADIS s=2", f"GAG λ={sd15.scale:g} β={sd15.beta:g} τ={sd15.tau:g}"]
     assert mmdit["settings"] == ["baseline", "PLADIS s=2", "GAG λ=5 β=0 τ=15", "GAG whole-row λ=5 β=0 τ=15"]
     assert [it["caption"] for it in unet["items"]] == [it["caption"] for it in mmdit["items"]]
     assert Image.open(tmp_path / "mmdit" / "grid.png").width > 4 * 96
