@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from demo import world
-from gag_core import get_preset
 from demo.__main__ import layer_subset, main
 from demo.evaluate import initial_noise, prompt_set
+from gag_core import get_preset
 
 
 def test_demo_runs_end_to_end_on_a_reduced_set(tmp_path, capsys):
