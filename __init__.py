@@ -1,13 +1,24 @@
 """ComfyUI-GAG: Geometry-Aware Attention Guidance (arXiv 2603.02531) and PLADIS (arXiv 2503.07677) for ComfyUI."""
 import importlib.util
+import logging
 
 WEB_DIRECTORY = "./web"
+MIN_COMFYUI = "0.8.0"  # the oldest ComfyUI release the pack was tested on; it needs comfy_api.latest (V3 nodes)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 
+
+def _has_module(name: str) -> bool:
+    """Whether `name` can be imported (False when it, or its parent package, is missing)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 # Outside ComfyUI (plain `pytest`, packaging tools) there is no comfy_api: the pure modules stay importable.
-if importlib.util.find_spec("comfy_api") is not None:
+if _has_module("comfy_api") and _has_module("comfy_api.latest"):
     from .nodes.gag_nodes import NODES  # the one registration path: V1 mappings of the V3 nodes (0.8 and 0.3x)
 
     for _node in NODES:
@@ -18,5 +29,9 @@ if importlib.util.find_spec("comfy_api") is not None:
     from .nodes import web_routes
 
     web_routes.register()  # /gag/presets and /gag/telemetry for web/, when a PromptServer is running
+elif _has_module("comfy"):  # inside a ComfyUI that predates the V3 node API: say so instead of loading nothing
+    logging.getLogger(__name__).error(
+        "[GAG] ComfyUI-GAG needs ComfyUI %s or newer: this ComfyUI has no comfy_api.latest, so no GAG node was "
+        "registered. Update ComfyUI (git pull, or ComfyUI-Manager: Update ComfyUI) and restart.", MIN_COMFYUI)
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

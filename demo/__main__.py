@@ -250,9 +250,15 @@ def run_one(args, arch: str, model, meta: dict, configs: list[Guidance]) -> None
     out.mkdir(parents=True, exist_ok=True)
     shown = configs[: args.grid_columns]
     rows = [it for it in items if it.seed == args.first_seed][:: max(1, args.prompts_per_task // 2)]
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    side = images[shown[0].label][0].shape[0]
+    note = (f"These are {side}-pixel images from a {params:.1f}M-parameter {arch.upper()} trained here on coloured "
+            f"shapes ({args.steps} DDIM steps, CFG {args.cfg:g}); the score under each setting is over all "
+            f"{len(items)} images, a measuring harness, not how GAG looks on SDXL or FLUX.")
+    scores = [f"score {100 * np.mean(results[g.label]):.0f}% of {len(items)}" for g in shown]
     grid = comparison_grid([f"{it.caption} (seed {it.seed})" for it in rows], [g.label for g in shown],
                            [[images[g.label][it.index] for g in shown] for it in rows],
-                           [[bool(results[g.label][it.index]) for g in shown] for it in rows])
+                           [[bool(results[g.label][it.index]) for g in shown] for it in rows], scores, note)
     grid.save(out / "grid.png")
     (out / "results.json").write_text(json.dumps({
         "arch": arch,
