@@ -90,12 +90,13 @@ def test_report_rejects_results_of_different_sets(tmp_path, capsys):
         load_results([])
 
 
-def test_the_readme_shows_existing_demo_grids_and_the_paths_the_demo_writes():
+def test_the_docs_show_existing_demo_grids_and_the_readme_the_paths_the_demo_writes():
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text(encoding="utf-8")
-    shown = re.findall(r"\]\((demo/assets/[^)]+\.png)\)", readme)
+    evidence = (root / "docs" / "evidence.md").read_text(encoding="utf-8")
+    shown = re.findall(r"\]\(\.\./(demo/assets/[^)]+\.png)\)", evidence)  # relative to docs/
     assert {"demo/assets/grid.png", "demo/assets/grid_mmdit.png"} <= set(shown)
     assert all((root / p).is_file() for p in shown)
+    readme = (root / "README.md").read_text(encoding="utf-8")
     assert "out/demo/grid.png" not in readme  # the demo writes out/demo/<arch>/grid.png
     assert all(f"out/demo/{arch}/grid.png" in readme for arch in DEFAULT_SET)
 
