@@ -85,9 +85,27 @@ function setWidgetValue(node, widget, value) {
   }
 }
 
+const PRESET_TIP =
+  "Starting points per model (gag_core/presets.py). Each value names its source: paper, public port, " +
+  "measured here (this project's demo) or extrapolated (carried over from another model, untested on this one).";
+
+/** The preset menu's tooltip: every value the preset sets, with its source (Preset.source from the back end). */
+function presetTooltip(preset) {
+  if (!preset) return PRESET_TIP;
+  const sources = Object.fromEntries(Array.isArray(preset.source) ? preset.source.filter(Array.isArray) : []);
+  const of = (field) => sources[field] ?? sources.all ?? "extrapolated";
+  const values = [
+    ["λ", "scale"], ["β", "beta"], ["τ", "tau"], ["α", "alpha"], ["PLADIS s", "pladis_scale"],
+  ].map(([sym, field]) => `${sym} ${preset[field]} (${of(field)})`);
+  values.push(`steps ${preset.start_percent}–${preset.end_percent} (${of("start_percent")})`);
+  values.push(`blocks ${preset.blocks} (${of("blocks")})`);
+  return `${preset.label}: ${values.join(", ")}. ${preset.note ?? ""}`.trim();
+}
+
 function applyPreset(node, label) {
   const state = node.__gag;
   const preset = table?.presets.find((p) => p.label === label);
+  if (state?.preset) state.preset.tooltip = presetTooltip(preset);
   if (!state || !preset) return;
   const values = presetWidgetValues(state.spec, preset, findWidget(node, "method")?.value);
   state.applying = true;
@@ -156,6 +174,7 @@ function setupNode(node, spec) {
   });
   preset.label = "preset";
   preset.serialize = false;
+  preset.tooltip = PRESET_TIP;
   state.preset = preset;
   // a hand-made change makes the menu say "custom" again
   for (const name of Object.keys(spec.widgets)) {
@@ -164,7 +183,10 @@ function setupNode(node, spec) {
     const previous = w.callback;
     w.callback = function (...args) {
       const r = previous?.apply(this, args);
-      if (!state.applying) preset.value = CUSTOM;
+      if (!state.applying) {
+        preset.value = CUSTOM;
+        preset.tooltip = PRESET_TIP;
+      }
       return r;
     };
   }
