@@ -49,12 +49,12 @@ def render(name: str) -> Image.Image:
     img = Image.new("RGB", SIZE, BG)
     draw = ImageDraw.Draw(img)
     w, h = SIZE
-    draw.text((20, 18), "ComfyUI-GAG", fill=ORANGE, font=_font(18))
-    draw.text((20, 44), d["title"], fill=INK, font=_font(28))
+    # the Templates card crops the top and puts a badge there: everything sits below y = 56
+    draw.text((20, 62), d["title"], fill=INK, font=_font(28))
     model = d["model"] if len(d["model"]) <= 40 else d["model"][:37] + "..."
-    draw.text((20, 82), model, fill=MUTED, font=_font(14))
+    draw.text((20, 100), model, fill=MUTED, font=_font(14))
     boxes = [("model", GREY), (d["node"], ORANGE), ("sampler", GREY)]
-    bw, gap, y = 112, 14, 130
+    bw, gap, y = 112, 14, 136
     for i, (label, colour) in enumerate(boxes):
         x = 20 + i * (bw + gap)
         draw.rounded_rectangle([x, y, x + bw, y + 44], radius=8, outline=colour, width=3)
@@ -63,12 +63,12 @@ def render(name: str) -> Image.Image:
         draw.text((x + (bw - tw) / 2, y + 22 - size / 2 - 2), label, fill=INK, font=_font(size))
         if i:
             draw.line([x - gap + 2, y + 22, x - 4, y + 22], fill=MUTED, width=3)
-    py, ps = 205, 150
+    py, ps = 200, 140
     for i, (label, colour) in enumerate([("baseline", GREY), (f"GAG, scale {d['scale']:g}", ORANGE)]):
-        x = 20 + i * (ps + 60)
-        draw.rectangle([x, py, x + ps, py + ps - 30], outline=colour, width=3)
-        draw.text((x + 8, py + ps - 22), label, fill=INK, font=_font(15))
-    draw.text((20, h - 26), "schematic of the workflow, not a render", fill=MUTED, font=_font(13))
+        x = 20 + i * (ps + 80)
+        draw.rectangle([x, py, x + ps, py + ps - 40], outline=colour, width=3)
+        draw.text((x + 4, py + ps - 32), label, fill=INK, font=_font(15))
+    draw.text((20, h - 34), "ComfyUI-GAG: schematic of the workflow, not a render", fill=MUTED, font=_font(13))
     return img
 
 
