@@ -61,10 +61,14 @@ def test_tool_comfy_table_and_the_minimum_comfyui_version():
     comfy = PYPROJECT["tool"]["comfy"]
     assert re.fullmatch(r"[a-z0-9][a-z0-9-]*", comfy["PublisherId"])
     assert comfy["DisplayName"].strip()
-    icon = comfy["Icon"]
-    assert icon == "" or icon.startswith("https://"), icon
-    if icon == "":  # no icon only with the reason written above it
-        assert re.search(r"# No icon[^\n]*\n(#[^\n]*\n)*Icon = \"\"", (ROOT / "pyproject.toml").read_text())
+    icon = comfy["Icon"]  # a public URL of a square image in this repository (its main branch on GitHub)
+    repo = PYPROJECT["project"]["urls"]["Repository"].removeprefix("https://github.com/")
+    prefix = f"https://raw.githubusercontent.com/{repo}/main/"
+    assert icon.startswith(prefix), icon
+    from PIL import Image
+
+    with Image.open(ROOT / icon.removeprefix(prefix)) as img:
+        assert img.width == img.height >= 100
     assert comfy["requires-comfyui"] == f">={min_comfyui()}"
     assert f"ComfyUI {min_comfyui()} or newer" in (ROOT / "README.md").read_text(encoding="utf-8")
 
