@@ -17,8 +17,23 @@ def _has_module(name: str) -> bool:
         return False
 
 
+def _too_old() -> str | None:
+    """The host's version when it is older than MIN_COMFYUI (read from ComfyUI's comfyui_version.py), else None."""
+    try:
+        from comfyui_version import __version__ as version
+        parts = [int(x) for x in str(version).split(".")[:3]]
+    except Exception:  # no version file, or an unparsable one: trust the API check
+        return None
+    return str(version) if parts < [int(x) for x in MIN_COMFYUI.split(".")] else None
+
+
 # Outside ComfyUI (plain `pytest`, packaging tools) there is no comfy_api: the pure modules stay importable.
-if _has_module("comfy_api") and _has_module("comfy_api.latest"):
+_OLD = _too_old() if _has_module("comfy") else None
+if _OLD is not None:  # a ComfyUI with a V3 API the pack was never run on: say so instead of failing later
+    logging.getLogger(__name__).error(
+        "[GAG] ComfyUI-GAG needs ComfyUI %s or newer, this is %s: no GAG node was registered. Update ComfyUI "
+        "(git pull, or ComfyUI-Manager: Update ComfyUI) and restart.", MIN_COMFYUI, _OLD)
+elif _has_module("comfy_api") and _has_module("comfy_api.latest"):
     from .nodes.gag_nodes import NODES  # the one registration path: V1 mappings of the V3 nodes (0.8 and 0.3x)
 
     for _node in NODES:

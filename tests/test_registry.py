@@ -126,6 +126,16 @@ def test_a_comfyui_without_comfy_api_gets_one_error_naming_the_minimum_version(t
     assert "nodes 0" in out.stdout
     errors = [ln for ln in out.stderr.splitlines() if ln.startswith("ERROR")]
     assert len(errors) == 1 and f"ComfyUI {min_comfyui()} or newer" in errors[0], out.stderr
+    # a ComfyUI with the V3 API but older than the minimum: the same one error, naming its version
+    (fake / "comfy_api" / "latest").mkdir(parents=True)
+    (fake / "comfy_api" / "__init__.py").write_text("")
+    (fake / "comfy_api" / "latest" / "__init__.py").write_text("")
+    (fake / "comfyui_version.py").write_text('__version__ = "0.7.1"\n')
+    old = subprocess.run([sys.executable, "-c", code], cwd=fake, capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(fake), "PATH": "/usr/bin:/bin"})
+    errors = [ln for ln in old.stderr.splitlines() if ln.startswith("ERROR")]
+    assert old.returncode == 0 and "nodes 0" in old.stdout, old.stderr
+    assert len(errors) == 1 and f"ComfyUI {min_comfyui()} or newer, this is 0.7.1" in errors[0], old.stderr
     # and outside any ComfyUI (no `comfy` package either) the import stays silent
     quiet = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                            env={"PATH": "/usr/bin:/bin"})
