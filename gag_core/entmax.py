@@ -205,7 +205,7 @@ def set_compile_default(enabled: bool, *, min_call_logits: int = 0) -> None:
     with `min_call_logits` only inside attention calls with at least that many logits (B·H·N·M).
 
     The ComfyUI nodes compile only calls of ≥ 2²⁴ logits (joint and video models), where one sampling step
-    repays the compile; UNet-size calls stay eager (README, nodes section). GAG_COMPILE=1 / 0 still force it.
+    repays the compile; UNet-size calls stay eager (docs/method.md, nodes section). GAG_COMPILE=1 / 0 still force it.
     """
     _AUTO["compile"], _AUTO["min_call_logits"] = bool(enabled), int(min_call_logits)
 

@@ -6,13 +6,13 @@ from comfy_api.latest import io
 from ..gag_core.entmax import set_compile_default
 from ..gag_core.presets import PRESETS, get_preset
 from .blocks import AUTO, BLOCKS_HELP
-from .families import detect_family
+from .families import detect_family, supported_labels
 from .patch import METHODS, apply_guidance
 
 CATEGORY = "model_patches/attention_guidance"
 # Inside ComfyUI gag_core compiles (CPU) only attention calls of ≥ 2²⁴ logits (B·H·N·M: FLUX.1 / Qwen-Image at
 # 1024², video models), where one sampling step repays the ~40 s first compile; UNet-size calls (SDXL at 1024²:
-# 6.3M) stay eager, where a run does not repay it (README, nodes section). GAG_COMPILE=1 / 0 force it on / off.
+# 6.3M) stay eager, where a run does not repay it (docs/method.md, nodes section). GAG_COMPILE=1 / 0 force it on / off.
 COMPILE_MIN_CALL_LOGITS = 2**24
 set_compile_default(True, min_call_logits=COMPILE_MIN_CALL_LOGITS)
 # UI defaults: the SDXL preset (λ, β, τ, α, s). At run time the detected family's preset sets the rest
@@ -42,7 +42,8 @@ METHOD_TIP = ("gag: out = O_s + λ·c·G (geometry-aware, capped). pladis: out =
               "(PLADIS, the special case β = 1 without cap); β and τ are ignored.")
 START_TIP = "Fraction of the schedule (0 = first step) where guidance starts; before it attention is untouched."
 END_TIP = "Fraction of the schedule (1 = last step) where guidance ends; after it attention is untouched."
-MODEL_TIP = "The diffusion model to guide (SD1.5, SDXL and distilled SDXL, FLUX.1, FLUX.2, Qwen-Image, SD3/3.5)."
+MODEL_TIP = (f"The diffusion model to guide ({supported_labels()}); any other model passes through unchanged, "
+             "with one warning.")
 PLADIS_SCALE_TIP = ("s, PLADIS scale: out = O_d + s·(O_s − O_d) in every guided cross-attention, O_s the α-entmax "
                     "and O_d the softmax output. 1 = plain sparse attention; the PLADIS paper uses 2.0.")
 OUT_TIP = "The same model with guided cross-attention (a clone; the input model is not modified)."
