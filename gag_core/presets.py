@@ -76,9 +76,9 @@ PRESETS: dict[str, Preset] = {
                "Single stream [text | image | reference]; reference rows stay dense."),
         Preset("hidream", "HiDream", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0, (2.0, 10.0), (0.0, 0.3),
                "Joint [image | T5 + LLM]: the whole text block of each layer is the text span."),
-        Preset("minimax_h3", "MiniMax H3 (text-to-video)", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0),
-               (0.0, 0.3), "Packed [text | audio | video]: video queries × text keys; audio rows stay dense. "
-               "Keyframe and reference modes pass unguided."),
+        Preset("minimax_h3", "MiniMax H3", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0),
+               (0.0, 0.3), "Text-, image- (keyframe) and reference-to-video: target video queries × text keys "
+               "(Qwen3-VL vision tokens of the prompt included); keyframe, reference and audio rows stay dense."),
     )
 }
 

@@ -10,6 +10,11 @@ How to add a family (a row and a layout rule, never a new code path):
      [image | text]), "cross" (DiT cross-attention: keys = the text only, e.g. Wan, LTX-Video);
      a new layout is one function in routing.py registered in `routing.LAYOUTS`;
    - `classes`: exact comfy.model_base class names (a subclass can change the layout: list it only when tested);
+   - `variants`: subclasses of those classes the host ships, each checked by a tiny-model test, as
+     (class name, what is guided and what stays dense); a subclass in no row and not in `PASS_THROUGH` passes
+     through with a warning naming it and its supported ancestor (`classify`);
+   - `modes`: conditioning modes the routing guides, where a class has several (MiniMax H3: t2va, fl2va,
+     ref2va); read by tools/coverage.py; () = every mode;
    - `nets`: the diffusion network class names the model must carry (a BaseModel around another net is refused);
    - `block_ids`: False when the host sets no block ids (SD3, LTX): the routed calls are counted instead;
    - `text_order`: joint layouts only, "first" ([text | image]) or "last" ([image | text]);
@@ -49,7 +54,11 @@ class Family:
     # joint: (apply_model conditioning keyword, times) whose tokens join the text span (routing.add_family_facts)
     text_conds: tuple[tuple[str, int], ...] = ()
     exact_sequence: bool = False  # joint: only calls exactly [text | image (+ pad)] are guided (packed refs: dense)
-    stream_rows: Callable | None = None  # joint: callable(latent_shapes) -> rows of other streams before the image
+    # joint: callable(apply_model conditioning) -> rows packed between the text and the guided rows (kept dense);
+    # None from it = a pass whose layout cannot be read: it stays dense
+    stream_rows: Callable | None = None
+    variants: tuple[tuple[str, str], ...] = ()  # (checked subclass of `classes`, what it guides / keeps dense)
+    modes: tuple[str, ...] = ()  # conditioning modes guided (coverage accounting); () = every mode
 
     @property
     def rule(self) -> str:
@@ -61,10 +70,26 @@ _UNET_NETS = ("UNetModel",)
 _FLUX_BLOCKS = (("double", "double_blocks"), ("single", "single_blocks"))
 
 
-def packed_stream_rows(latent_shapes) -> int:
-    """Rows of the latent streams after the first (MiniMax H3's audio (B, C, 2, T): 2·T rows each)."""
+def packed_stream_rows(conds: dict) -> int | None:
+    """MiniMax H3: rows between the text and the target video in the host's packed sequence
+    [text | keyframe cond rows or reference blocks | target audio | target video], read from the segment
+    table (`minimax_payload["layout"].segments`: (start, stop, kind)) the host builds once per sampling run;
+    without it, the latent streams after the first ((B, C, 2, T) audio: 2·T rows each); None when the pass
+    packs conditioning rows that neither tells (then it stays dense)."""
+    payload = conds.get("minimax_payload")
+    payload = payload if isinstance(payload, dict) else {}
+    segments = getattr(payload.get("layout"), "segments", None)
+    if segments:
+        text = next((b for a, b, kind in segments if kind == "text"), None)
+        video = next((a for a, b, kind in segments if kind == "video"), None)
+        return None if text is None or video is None else int(video) - int(text)
+    if payload.get("keyframes") or payload.get("refs"):
+        return None
+    shapes = conds.get("latent_shapes")
+    if not isinstance(shapes, (list, tuple)) or len(shapes) < 2:
+        return 0
     total = 0
-    for shape in latent_shapes[1:]:
+    for shape in shapes[1:]:
         rows = 1
         for n in tuple(shape)[2:]:
             rows *= int(n)
@@ -103,12 +128,14 @@ FAMILY_ROWS: tuple[Family, ...] = (
            nets=("HiDreamImageTransformer2DModel",), text_order="last",
            text_conds=(("encoder_hidden_states_llama3", 2),), exact_sequence=True,
            block_counts=(("double", "double_stream_blocks"), ("single", "single_stream_blocks"))),
-    # MiniMax H3 text-to-video+audio: one packed batch-1 sequence [text | target audio | target video], no block
-    # ids. With keyframes or references (fl2va, ref2va) more rows are packed, and Qwen3-VL vision tokens sit inside
-    # the text span: the length then differs and those passes stay dense (exact_sequence).
-    Family("minimax_h3", "mmdit", "MiniMax H3 (text-to-video)", block_ids=False, classes=("MiniMaxH3",),
+    # MiniMax H3: one packed batch-1 sequence, no block ids: [text | target audio | target video] (t2va),
+    # [text | keyframe cond rows | audio | video] (fl2va), [text | reference blocks | audio | video] (ref2va).
+    # The target video rows are guided against the text span; keyframe rows, reference blocks and every audio row
+    # keep the dense output. The Qwen3-VL vision tokens of an image prompt sit inside the text span (the encoder's
+    # output, `c_crossattn`): they are conditioning keys, as in Qwen-Image-Edit.
+    Family("minimax_h3", "mmdit", "MiniMax H3", block_ids=False, classes=("MiniMaxH3",),
            nets=("MiniMaxH3Model",), exact_sequence=True, stream_rows=packed_stream_rows,
-           block_counts=(("double", "blocks"),)),
+           block_counts=(("double", "blocks"),), modes=("t2va", "fl2va", "ref2va")),
     # Video DiTs with text cross-attention. Wan 2.1 and 2.2 A14B (T2V, I2V) are WAN21, the 5B TI2V is WAN22;
     # blocks set block_type "double" and block_index. LTX-Video (LTXV) and LTX-2 (LTXAV) set no block ids.
     Family("wan", "mmdit", "Wan 2.1 / 2.2", layout="cross", classes=("WAN21", "WAN22"), nets=("WanModel",),
@@ -126,18 +153,46 @@ MODEL_CLASSES: dict[str, str] = {cls: f.key for f in FAMILY_ROWS for cls in f.cl
 DIFFUSION_CLASSES: dict[str, tuple[str, ...]] = {f.key: f.nets for f in FAMILY_ROWS}
 
 
+# comfy.model_base subclass name -> family key, for the checked variants (derived from the rows).
+VARIANT_CLASSES: dict[str, str] = {cls: f.key for f in FAMILY_ROWS for cls, _ in f.variants}
+
+_ROOT = "BaseModel"  # every model_base class derives from it: lineage through it alone relates nothing
+
+
+def lineage(base_model) -> tuple[str, ...]:
+    """The comfy.model_base class names of a model's type, itself first (its MRO within model_base)."""
+    return tuple(c.__name__ for c in type(base_model).__mro__ if c.__module__.endswith("model_base"))
+
+
+def classify(mro: tuple[str, ...]) -> tuple[Family | None, str]:
+    """(family, "") for a guided class, (None, reason) for a known pass-through or an unchecked subclass of a
+    guided class, (None, "") for a class the rows do not know; `mro` = `lineage(model)` (class first)."""
+    if not mro:
+        return None, ""
+    name = mro[0]
+    if name in PASS_THROUGH:
+        return None, PASS_THROUGH[name]
+    key = MODEL_CLASSES.get(name) or VARIANT_CLASSES.get(name)
+    if key is not None:
+        return FAMILIES[key], ""
+    for parent in mro[1:]:
+        if parent != _ROOT and parent in MODEL_CLASSES:
+            fam = FAMILIES[MODEL_CLASSES[parent]]
+            return None, (f"{name} is a subclass of {parent} ({fam.label}) that nobody has checked: its attention "
+                          "layout may differ, so it is not guided")
+    return None, ""
+
+
 def detect_family(base_model) -> Family | None:
     """The Family of a comfy.model_base model (ModelPatcher.model), or None when the nodes do not support it."""
-    cls = type(base_model)
-    if not cls.__module__.endswith("model_base"):
+    if not type(base_model).__module__.endswith("model_base"):
         return None
-    key = MODEL_CLASSES.get(cls.__name__)
-    if key is None:
+    family, _ = classify(lineage(base_model))
+    if family is None:
         return None
-    family = FAMILIES[key]
     net = getattr(base_model, "diffusion_model", None)
-    if net is None or type(net).__name__ not in family.nets:
-        return None
+    if net is None or not any(c.__name__ in family.nets for c in type(net).__mro__):
+        return None  # a variant's net subclasses the row's (VACE: VaceWanModel < WanModel)
     return family
 
 
@@ -155,7 +210,9 @@ PASS_THROUGH: dict[str, str] = {
 
 def unsupported_reason(base_model) -> str:
     """Why a known model class passes through unguided ("" when the class is not a known one)."""
-    return PASS_THROUGH.get(type(base_model).__name__, "")
+    if not type(base_model).__module__.endswith("model_base"):
+        return ""
+    return classify(lineage(base_model))[1]
 
 
 def supported_labels() -> str:

@@ -12,7 +12,8 @@ A family row (nodes/families.py) names its layout; `route_call` dispatches on `P
 - "cross": DiT cross-attention whose keys are the text only (Wan, LTX-Video): a call with `text_len` keys and
   a query length other than the text's is the text cross-attention; self-attention (q and k lengths equal and
   the block's first call), image-conditioning cross-attention (Wan I2V's 257 CLIP tokens: another key length)
-  and queries of another stream (`dense_query_lens`, LTX-2's audio) stay dense.
+  and queries of another stream (`dense_query_lens`, LTX-2's audio) stay dense; where the host numbers its blocks
+  only the block's first text cross-attention is guided (Wan VACE's control blocks reuse the main block's id).
 Blocks: by the ids the host sets (`block_type` / `block_index`), or, for families without ids
 (`block_ids=False`), by counting the routed calls of the pass.
 """
@@ -38,8 +39,10 @@ class PassInfo:
     text_order: str = "first"  # joint: text before ("first") or after ("last") the image tokens
     dense_query_lens: tuple[int, ...] = ()  # cross: query lengths of streams that stay dense (LTX-2 audio)
     block_calls: dict = field(default_factory=dict)  # cross: attention calls seen per block id
+    text_blocks: set = field(default_factory=set)  # cross: block ids whose text cross-attention was routed
     routed: int = 0  # calls route_call sent to guidance in this pass (the run-level "nothing guided" check)
-    seq_len: int = 0  # joint: the exact length of [text | image (+ pad)]; calls of other lengths stay dense (0: any)
+    seq_len: int = 0  # joint: the exact length of [text | image (+ pad)]; calls of other lengths stay dense (0: any,
+    # -1: none)
     call_groups: tuple[tuple[str, int], ...] = ()  # no block ids: (group, block count) in call order (HiDream)
     stream_tokens: int = 0  # joint: tokens of other latent streams packed between text and image (kept dense)
 
@@ -90,8 +93,9 @@ def add_family_facts(info: PassInfo, family, net, latent_shape, extra: dict | No
       reference images: Z-Image Omni, HunyuanVideo's ref_latent, HiDream E1) stay dense;
     - `text_order` may be a callable(net) (HunyuanVideo: [image | text] on ComfyUI 0.8, [text | image] later);
     - without block ids, `block_counts` pairs number the counted calls group by group (HiDream);
-    - `stream_rows`: callable(latent_shapes) -> rows of the other latent streams packed between the text and
-      the image (MiniMax H3's target audio); they keep the dense output."""
+    - `stream_rows`: callable(conditioning) -> rows packed between the text and the guided image rows (MiniMax
+      H3's keyframe rows or reference blocks and target audio, read from the host's segment table); they keep
+      the dense output; None = unreadable: seq_len −1, no call is routed."""
     if getattr(net, "patch_size", None) is None and getattr(net, "patch", None) and latent_shape is not None:
         info.image_tokens = image_token_count(latent_shape, net.patch)
     conds = extra or {}
@@ -99,11 +103,12 @@ def add_family_facts(info: PassInfo, family, net, latent_shape, extra: dict | No
     multiple = int(getattr(net, "pad_tokens_multiple", 0) or 0)
     info.text_len = _round_up(info.text_len, multiple)
     streams = getattr(family, "stream_rows", None)
-    shapes = conds.get("latent_shapes")
-    if streams is not None and isinstance(shapes, (list, tuple)) and len(shapes) > 1:
-        info.stream_tokens = int(streams(shapes))  # e.g. MiniMax H3: [text | target audio | target video]
+    rows = 0 if streams is None else streams(conds)  # e.g. MiniMax H3: [text | cond / refs | audio | video]
+    info.stream_tokens = int(rows or 0)
     if getattr(family, "exact_sequence", False) and info.image_tokens > 0:
         info.seq_len = info.text_len + info.stream_tokens + _round_up(info.image_tokens, multiple)
+    if rows is None:
+        info.seq_len = -1  # a packed layout the row cannot read: no call matches, the pass stays dense
     if callable(family.text_order):
         info.text_order = family.text_order(net)
     counts = family.block_counts
@@ -210,6 +215,11 @@ def route_cross(info: PassInfo, q_len: int, k_len: int, transformer_options: dic
         return None  # q and k of one length: self-attention unless the block already ran it
     if q_len in info.dense_query_lens and q_len != info.image_tokens:
         return None  # another stream's queries (LTX-2 audio) keep the dense output
+    if info.block_ids:  # one text cross-attention per block: a later one under the same id is a side branch's
+        key = (transformer_options.get("block_type"), transformer_options.get("block_index"))
+        if key in info.text_blocks:
+            return None  # (Wan VACE's control block runs after main block i with block_index i: dense)
+        info.text_blocks.add(key)
     block = _host_block(info, transformer_options)
     if block is None or not selection.contains(*block):
         return None
