@@ -138,8 +138,26 @@ FAMILY_ROWS: tuple[Family, ...] = (
            block_counts=(("double", "blocks"),), modes=("t2va", "fl2va", "ref2va")),
     # Video DiTs with text cross-attention. Wan 2.1 and 2.2 A14B (T2V, I2V) are WAN21, the 5B TI2V is WAN22;
     # blocks set block_type "double" and block_index. LTX-Video (LTXV) and LTX-2 (LTXAV) set no block ids.
+    # Variants (tests/test_comfyui_wan_variants.py): the text cross-attention is guided, one per block; what each
+    # adds stays dense.
     Family("wan", "mmdit", "Wan 2.1 / 2.2", layout="cross", classes=("WAN21", "WAN22"), nets=("WanModel",),
-           block_counts=(("double", "blocks"),)),
+           block_counts=(("double", "blocks"),), variants=(
+               ("WAN21_Vace", "VACE: the control blocks (run after main block i under its id) stay dense"),
+               ("WAN21_Camera", "Camera: the camera adapter adds to the patch embedding, no attention of its own"),
+               ("WAN21_HuMo", "HuMo: the audio cross-attention (after the text one) stays dense"),
+               ("WAN22_S2V", "S2V: the text cross-attention reads the whole stream (video, reference, motion "
+                             "rows); the audio injector stays dense"),
+               ("WAN22_Animate", "Animate: face adapter and pose embedding stay dense, as the I2V CLIP "
+                                 "cross-attention"),
+               ("WAN_Animate2", "Animate 2: the pose branch (its blocks' attention) and the CLIP cross-attention "
+                                "stay dense"),
+               ("WAN21_SCAIL", "SCAIL: the text cross-attention reads the whole [reference | video | pose] "
+                               "stream; the CLIP cross-attention stays dense"),
+               ("WAN21_SCAIL2", "SCAIL-2: as SCAIL, with its identity mask stream added to the embedding"),
+               ("WAN21_FlowRVS", "FlowRVS: Wan's own net under another model type"),
+               ("WAN22_WanDancer", "WanDancer: the music encoder and injector stay dense (called without "
+                                   "transformer_options), as the two CLIP cross-attentions"),
+           )),
     Family("ltxv", "mmdit", "LTX-Video / LTX-2", layout="cross", block_ids=False, classes=("LTXV", "LTXAV"),
            nets=("LTXVModel", "LTXAVModel"), block_counts=(("double", "transformer_blocks"),)),
 )
@@ -205,6 +223,8 @@ PASS_THROUGH: dict[str, str] = {
     "HunyuanVideoSkyreelsI2V": "the SkyReels image-to-video variant has not been tested",
     "HunyuanVideo15_SR_Distilled": "the super-resolution variant has not been tested",
     "HiDreamO1": "HiDream-O1 is a unified LLM-style transformer, not the joint [image | text] DiT tested here",
+    "WAN21_CausalAR": "Wan causal autoregressive generation (causal forcing) samples frame blocks against a KV "
+                      "cache of earlier frames through its own sampling path, which has not been checked",
 }
 
 

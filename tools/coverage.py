@@ -94,9 +94,10 @@ FILE_CLASSES: tuple[tuple[str, str], ...] = (
     (r"sam3", "SAM3"),
     (r"rt_detr", "RT_DETR_v4"),
     (r"void_pass", "CogVideoX"),  # VOID video inpainting runs on CogVideoX
-    (r"capybara", "(not in this host)"),
-    (r"ovis_image", "(not in this host)"),
-    (r"sdpose", "(not in this host)"),
+    # no class in the host's model_base: loaded by a newer ComfyUI or a custom node ("?" marks them)
+    (r"capybara", "?Capybara"),
+    (r"ovis_image", "?Ovis-Image"),
+    (r"sdpose", "?SDPose"),
 )
 # Classes without text conditioning (upscalers, 3D, segmentation, depth, image-only video): left out of the share.
 NOT_TEXT = frozenset({"SeedVR2", "TripoSplat", "Hunyuan3Dv2", "Hunyuan3Dv2_1", "SAM3", "RT_DETR_v4",
@@ -201,7 +202,7 @@ def classify(families, mro: tuple[str, ...]):
 def verdict(families, lineage: dict, cls: str, mode: str, modes: dict) -> tuple[bool, str]:
     """(guided, reason when not) for one model_base class (and MiniMax mode); `modes` overrides Family.modes."""
     if cls not in lineage:
-        return False, f"{cls}: no such class in this host's model_base"
+        return False, f"{cls.lstrip('?')}: no class in this host's model_base loads it"
     family, reason = classify(families, lineage[cls])
     if family is None:
         return False, reason or f"{cls}: no family row"
