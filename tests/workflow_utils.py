@@ -657,8 +657,9 @@ def snapshot_object_info() -> dict:
 
 def write_snapshot(add_missing: bool = False) -> None:
     """Regenerate workflow_object_info.json from the host at COMFYUI_PATH (model file lists left empty). With
-    `add_missing`, keep the snapshot and add only the node types it lacks (nodes of a newer host, e.g. MiniMax H3's
-    on 0.33), noting in `added_from` which host each came from."""
+    `add_missing`, keep the snapshot and add only what a workflow for a newer host needs (MiniMax H3's on 0.33):
+    the node types the snapshot lacks, and those whose entry rejects that workflow's values (CLIPLoader's
+    "minimax"), noting in `added_from` which host each came from."""
     info = host_object_info(used_node_types())
     import comfyui_version  # ComfyUI's (on sys.path now)
 
@@ -668,8 +669,18 @@ def write_snapshot(add_missing: bool = False) -> None:
         with open(SNAPSHOT_PATH, encoding="utf-8") as f:
             old = json.load(f)
         base, added = old["comfyui_version"], dict(old.get("added_from", {}))
-        nodes = dict(old["nodes"], **{t: e for t, e in nodes.items() if t not in old["nodes"]})
-        added.update({t: version for t in info if t not in old["nodes"]})
+        newer = {t: e for t, e in nodes.items() if t not in old["nodes"]}
+        for path in workflow_paths():  # a newer host's workflow: types whose old entry rejects its values too
+            wf = load_workflow(path)
+            if not missing_node_types(wf, old["nodes"]):
+                continue
+            for node in wf["nodes"]:
+                t = node["type"]
+                if t in old["nodes"] and t in nodes and widget_problems(node, old["nodes"][t]) \
+                        and not widget_problems(node, nodes[t]):
+                    newer[t] = nodes[t]
+        nodes = dict(old["nodes"], **newer)
+        added.update({t: version for t in newer})
     data = {"comment": "Node schemas (/object_info) of the node types the bundled workflows use, from ComfyUI "
                        f"{base} and this pack (types in added_from: from that newer host). Regenerate: "
                        "COMFYUI_PATH=... python tests/workflow_utils.py --write-snapshot [--add-missing]",
