@@ -63,6 +63,11 @@ PRESETS: dict[str, Preset] = {
         Preset("wan", "Wan 2.1 / 2.2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
                "Video: text cross-attention of every block (umT5, 512 keys); self-attention and the I2V image "
                "cross-attention stay dense."),
+        Preset("anima", "Anima", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Cross-attention DiT (Cosmos-Predict2 blocks): text cross-attention of every block (the LLM "
+               "adapter's 512 keys); self-attention stays dense."),
+        Preset("cosmos_predict2", "Cosmos-Predict2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0),
+               (0.0, 0.3), "Cross-attention DiT: text cross-attention of every block; self-attention stays dense."),
         Preset("ltxv", "LTX-Video / LTX-2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
                "Video: video-query × text-key cross-attention of every block; LTX-2's audio queries stay dense."),
         Preset("zimage", "Z-Image / Lumina 2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0),

@@ -109,8 +109,14 @@ FAMILY_ROWS: tuple[Family, ...] = (
            block_counts=unet_attention_blocks),
     Family("flux1", "mmdit", "FLUX.1", classes=("Flux",), nets=("Flux",), block_counts=_FLUX_BLOCKS),
     Family("flux2", "mmdit", "FLUX.2", classes=("Flux2",), nets=("Flux",), block_counts=_FLUX_BLOCKS),
-    Family("qwen_image", "mmdit", "Qwen-Image", classes=("QwenImage",), nets=("QwenImageTransformer2DModel",),
-           block_counts=(("double", "transformer_blocks"),)),
+    # Mage-Flow (`MageFlow`, a QwenImage subclass on 0.33) runs Qwen-Image's blocks on its own net: patch 1 (one
+    # token per latent pixel), [text | image | reference], `reference_image_num_tokens` set (tests/
+    # test_comfyui_image_families.py).
+    Family("qwen_image", "mmdit", "Qwen-Image", classes=("QwenImage",),
+           nets=("QwenImageTransformer2DModel", "MageFlowTransformer2DModel"),
+           block_counts=(("double", "transformer_blocks"),), variants=(
+               ("MageFlow", "Mage-Flow: Qwen-Image's joint blocks on a patch-1 net; edit references stay dense"),
+           )),
     Family("sd3", "mmdit", "SD3 / SD3.5", block_ids=False, classes=("SD3",),
            nets=("OpenAISignatureMMDITWrapper", "MMDiT"), block_counts=(("double", "joint_blocks"),)),
     # Joint / single-stream image and video DiTs (tests/test_comfyui_joint_families.py has what each host sends).
@@ -158,6 +164,12 @@ FAMILY_ROWS: tuple[Family, ...] = (
                ("WAN22_WanDancer", "WanDancer: the music encoder and injector stay dense (called without "
                                    "transformer_options), as the two CLIP cross-attentions"),
            )),
+    # Cosmos-Predict2's MiniTrainDIT and Anima (MiniTrainDIT + an LLM adapter whose output, padded to 512, is the
+    # context): self-attention then text cross-attention per block; the host sets `block_index` only.
+    Family("anima", "mmdit", "Anima", layout="cross", classes=("Anima",), nets=("Anima",),
+           block_counts=(("double", "blocks"),)),
+    Family("cosmos_predict2", "mmdit", "Cosmos-Predict2", layout="cross", classes=("CosmosPredict2",),
+           nets=("MiniTrainDIT",), block_counts=(("double", "blocks"),)),
     Family("ltxv", "mmdit", "LTX-Video / LTX-2", layout="cross", block_ids=False, classes=("LTXV", "LTXAV"),
            nets=("LTXVModel", "LTXAVModel"), block_counts=(("double", "transformer_blocks"),)),
 )

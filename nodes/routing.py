@@ -85,7 +85,8 @@ def _round_up(n: int, multiple: int) -> int:
 
 def add_family_facts(info: PassInfo, family, net, latent_shape, extra: dict | None) -> PassInfo:
     """`info` completed with what a family row says about its joint sequence (nodes/families.py):
-    - the net's `patch` when it has no `patch_size` (Krea 2) sets the image tokens;
+    - the net's `patch` (Krea 2) or `patch_spatial` / `patch_temporal` (MiniTrainDIT) when it has no
+      `patch_size` sets the image tokens;
     - `text_conds`: conditioning entries (apply_model keywords) whose tokens are part of the text span
       (HunyuanVideo 1.5's byT5 and CLIP-vision tokens, HiDream's LLM tokens, twice per block);
     - the net's `pad_tokens_multiple` (Z-Image): caption and image are each padded up to a multiple;
@@ -96,8 +97,12 @@ def add_family_facts(info: PassInfo, family, net, latent_shape, extra: dict | No
     - `stream_rows`: callable(conditioning) -> rows packed between the text and the guided image rows (MiniMax
       H3's keyframe rows or reference blocks and target audio, read from the host's segment table); they keep
       the dense output; None = unreadable: seq_len −1, no call is routed."""
-    if getattr(net, "patch_size", None) is None and getattr(net, "patch", None) and latent_shape is not None:
-        info.image_tokens = image_token_count(latent_shape, net.patch)
+    if getattr(net, "patch_size", None) is None and latent_shape is not None:
+        if getattr(net, "patch", None):  # Krea 2
+            info.image_tokens = image_token_count(latent_shape, net.patch)
+        elif getattr(net, "patch_spatial", None):  # Cosmos-Predict2's MiniTrainDIT, Anima: (t, h, w) patches
+            patch = (int(getattr(net, "patch_temporal", 1) or 1), int(net.patch_spatial), int(net.patch_spatial))
+            info.image_tokens = image_token_count(latent_shape, patch)
     conds = extra or {}
     info.text_len += sum(n * _cond_tokens(conds.get(name)) for name, n in getattr(family, "text_conds", ()))
     multiple = int(getattr(net, "pad_tokens_multiple", 0) or 0)
@@ -129,9 +134,9 @@ def _host_block(info: PassInfo, transformer_options: dict) -> tuple[str, int] | 
     """The block id the host set (`block_type`, `block_index`), or the count of routed calls without ids."""
     if info.block_ids:
         group, index = transformer_options.get("block_type"), transformer_options.get("block_index")
-        if group is None or index is None:
+        if index is None:
             return None
-        return str(group), int(index)
+        return str(group or "double"), int(index)  # Cosmos-Predict2 / Anima set block_index only
     index = info.joint_calls
     info.joint_calls += 1
     if not info.call_groups:

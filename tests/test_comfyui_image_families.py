@@ -1,0 +1,108 @@
+"""0.33's newer image families on tiny seeded models of the host's own classes (skipped where the host lacks them).
+
+How text enters, read from the host's code (ComfyUI 0.33.0) and checked here by recording every attention call:
+
+| class (net) | text enters by | layout | guided | dense |
+|---|---|---|---|---|
+| MageFlow (MageFlowTransformer2DModel), a QwenImage subclass | Qwen-Image's joint blocks (`block_type` "double", `block_index`) | [text T | image | reference], patch 1: one token per latent pixel; `reference_image_num_tokens` set | image rows × text keys | reference rows (edit), text rows |
+| Anima (Anima = MiniTrainDIT + LLM adapter) | cross-attention of every block, keys = the adapter's output padded to 512 (the conditioning) | per block: self-attention, then text cross-attention; `block_index` only (no `block_type`) | text cross-attention | self-attention |
+| CosmosPredict2 (MiniTrainDIT) | as Anima, T5 keys | as Anima | text cross-attention | self-attention |
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from test_comfyui_nodes import GAG, Recorder
+from test_comfyui_tiny import comfy  # noqa: F401  (fixture)
+from test_comfyui_video import CallLog
+
+pytestmark = pytest.mark.comfyui
+
+MINI_TRAIN_DIT = dict(max_img_h=64, max_img_w=64, max_frames=8, in_channels=16, out_channels=16, patch_spatial=2,
+                      patch_temporal=1, concat_padding_mask=True, model_channels=64, num_blocks=2, num_heads=2,
+                      mlp_ratio=2.0, crossattn_emb_channels=32, pos_emb_cls="rope3d", use_adaln_lora=True,
+                      adaln_lora_dim=16, extra_per_block_abs_pos_emb=False)
+# family -> (supported_models class, model_base class, unet_config, latent shape, family key)
+FAMILIES = {
+    "mage_flow": ("MageFlow", "MageFlow", dict(image_model="mage_flow", in_channels=128, out_channels=128, num_layers=2,
+                                               attention_head_dim=32, num_attention_heads=2, joint_attention_dim=32,
+                                               axes_dims_rope=(8, 12, 12)), (1, 128, 4, 4), "qwen_image"),
+    "anima": ("Anima", "Anima", dict(image_model="anima", **MINI_TRAIN_DIT), (1, 16, 1, 8, 8), "anima"),
+    "cosmos_predict2": ("CosmosT2IPredict2", "CosmosPredict2", dict(image_model="cosmos_predict2", **MINI_TRAIN_DIT),
+                        (1, 16, 1, 8, 8), "cosmos_predict2"),
+}
+IMAGE_TOKENS = 16  # 4 × 4 latent pixels (Mage-Flow, patch 1); 8 × 8 / 2² (MiniTrainDIT)
+
+
+def build(comfy, family: str, seed: int = 0):
+    cls_name, base_name, config, _, _ = FAMILIES[family]
+    import comfy.model_base as model_base
+
+    if not hasattr(comfy.supported_models, cls_name) or not hasattr(model_base, base_name):
+        pytest.skip(f"this ComfyUI has no {cls_name}")
+    model_config = getattr(comfy.supported_models, cls_name)(dict(config))
+    model_config.set_inference_dtype(torch.float32, None)
+    base = model_config.get_model({})
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in base.diffusion_model.named_parameters():
+            w = torch.randn(p.shape, generator=gen) / p.shape[1] ** 0.5 if p.ndim >= 2 else \
+                torch.randn(p.shape, generator=gen) * 0.02 + (1.0 if "norm" in name else 0.0)
+            p.copy_(w.to(p.dtype))
+    base.diffusion_model.eval()
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(base, load_device=cpu, offload_device=cpu)
+
+
+def conditioning(length: int, seed: int, reference=None):
+    gen = torch.Generator().manual_seed(seed)
+    extra = {} if reference is None else {"reference_latents": [reference]}
+    return [[torch.randn(1, length, 32, generator=gen), extra]]
+
+
+def sample(comfy, model, family: str, reference=None):
+    shape = FAMILIES[family][3]
+    out = comfy.nodes.common_ksampler(model, 0, 2, 2.0, "euler", "normal", conditioning(7, 1, reference),
+                                      conditioning(9, 2, reference), {"samples": torch.zeros(shape)}, denoise=1.0)
+    return out[0]["samples"]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_guides_exactly_the_intended_calls(comfy, monkeypatch, family):
+    families = __import__(comfy.patch.__name__.rsplit(".", 1)[0] + ".families", fromlist=["x"])
+    model = build(comfy, family)
+    assert families.detect_family(model.model).key == FAMILIES[family][4]
+    baseline = sample(comfy, model, family)
+    rec = Recorder(comfy, monkeypatch)
+    log = CallLog(comfy, monkeypatch)
+    out = sample(comfy, comfy.run_node(GAG, model=model, scale=5.0, beta=0.0), family)
+    assert torch.isfinite(out).all() and not torch.equal(out, baseline)
+    passes = rec.per_pass()
+    assert rec.passes == len(passes) >= 2  # every pass guided (prompts of 7 and 9 tokens may run apart)
+    for guided in passes.values():
+        assert [g["block"] for g in guided] == [("double", 0), ("double", 1)]
+    for g in rec.guided:
+        t = g["text_len"]
+        assert t in (7, 9)
+        if family == "mage_flow":  # joint [text | image]: image rows × text keys
+            assert g["kind"] == "joint" and g["q_len"] == g["k_len"] == t + IMAGE_TOKENS
+            assert g["text_range"] == (0, t) and g["guided_stop"] == t + IMAGE_TOKENS
+        else:  # cross-attention: image queries × the text keys
+            assert g["kind"] == "cross" and g["q_len"] == IMAGE_TOKENS and g["k_len"] == t
+    if family != "mage_flow":  # per block one self-attention (dense) and one text cross-attention (guided)
+        assert sorted({(q, k) for q, k, _ in log.calls}) == sorted(
+            {(IMAGE_TOKENS, IMAGE_TOKENS)} | {(IMAGE_TOKENS, t) for t in {g["text_len"] for g in rec.guided}})
+        assert len(log.calls) == 2 * len(rec.guided)
+
+
+def test_mage_flow_edit_reference_rows_stay_dense(comfy, monkeypatch):
+    """Mage-Flow edit: [text | image | reference]; the host says how many reference tokens it appended."""
+    model = build(comfy, "mage_flow")
+    reference = torch.randn(1, 128, 4, 4, generator=torch.Generator().manual_seed(3))
+    rec = Recorder(comfy, monkeypatch)
+    out = sample(comfy, comfy.run_node(GAG, model=model, scale=5.0, beta=0.0), "mage_flow", reference)
+    assert torch.isfinite(out).all() and rec.guided
+    for g in rec.guided:
+        t = g["text_len"]
+        assert g["q_len"] == t + 2 * IMAGE_TOKENS and g["guided_stop"] == t + IMAGE_TOKENS
