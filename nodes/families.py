@@ -133,7 +133,8 @@ FAMILY_ROWS: tuple[Family, ...] = (
     Family("hidream", "mmdit", "HiDream", block_ids=False, classes=("HiDream",),
            nets=("HiDreamImageTransformer2DModel",), text_order="last",
            text_conds=(("encoder_hidden_states_llama3", 2),), exact_sequence=True,
-           block_counts=(("double", "double_stream_blocks"), ("single", "single_stream_blocks"))),
+           block_counts=(("double", "double_stream_blocks"), ("single", "single_stream_blocks")),
+           modes=("i1",)),  # HiDream-E1 edits (image_cond packed beside the target) are another length: dense
     # MiniMax H3: one packed batch-1 sequence, no block ids: [text | target audio | target video] (t2va),
     # [text | keyframe cond rows | audio | video] (fl2va), [text | reference blocks | audio | video] (ref2va).
     # The target video rows are guided against the text span; keyframe rows, reference blocks and every audio row

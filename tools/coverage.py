@@ -199,6 +199,15 @@ def classify(families, mro: tuple[str, ...]):
     return (families.FAMILIES[key], "") if key else (None, "")
 
 
+def template_mode(cls: str, workflow: dict, files: list[str]) -> str:
+    """The conditioning mode a template runs its class in, where the family table guides only some modes."""
+    if cls == "MiniMaxH3":
+        return minimax_mode(workflow)
+    if cls == "HiDream":  # E1 edits pack the source image next to the target: i1 (text to image) or e1
+        return "e1" if any(re.search(r"hidream_e1", f, re.I) for f in files) else "i1"
+    return ""
+
+
 def verdict(families, lineage: dict, cls: str, mode: str, modes: dict) -> tuple[bool, str]:
     """(guided, reason when not) for one model_base class (and MiniMax mode); `modes` overrides Family.modes."""
     if cls not in lineage:
@@ -228,7 +237,8 @@ def measure(index: Path, host: Path, repo: Path, with_audio: bool = False, modes
                 continue
             workflow = json.loads(path.read_text())
             classes = []
-            for f in model_files(workflow):
+            files = model_files(workflow)
+            for f in files:
                 cls = file_class(f)
                 if cls is None:
                     unknown.append((name, usage, f))
@@ -238,7 +248,7 @@ def measure(index: Path, host: Path, repo: Path, with_audio: bool = False, modes
                 skipped.append((name, usage, "no text-conditioned diffusion model"))
                 continue
             for cls in classes:
-                mode = minimax_mode(workflow) if cls == "MiniMaxH3" else ""
+                mode = template_mode(cls, workflow, files)
                 guided, reason = verdict(families, lineage, cls, mode, modes or {})
                 rows.append(dict(template=name, usage=usage / len(classes), cls=cls, mode=mode, guided=guided,
                                  reason=reason))
