@@ -63,6 +63,11 @@ PRESETS: dict[str, Preset] = {
         Preset("wan", "Wan 2.1 / 2.2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
                "Video: text cross-attention of every block (umT5, 512 keys); self-attention and the I2V image "
                "cross-attention stay dense."),
+        Preset("omnigen2", "OmniGen2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Single stream [text | references | image]: image queries × text keys; reference rows stay dense."),
+        Preset("boogu", "Boogu", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "OmniGen2-style [text | references | image], double- then single-stream blocks: image queries × "
+               "text keys; reference rows and the image-only self-attention stay dense."),
         Preset("anima", "Anima", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
                "Cross-attention DiT (Cosmos-Predict2 blocks): text cross-attention of every block (the LLM "
                "adapter's 512 keys); self-attention stays dense."),

@@ -70,7 +70,15 @@ _UNET_NETS = ("UNetModel",)
 _FLUX_BLOCKS = (("double", "double_blocks"), ("single", "single_blocks"))
 
 
-def packed_stream_rows(conds: dict) -> int | None:
+def reference_rows(conds: dict, net=None) -> int:
+    """OmniGen2 / Boogu: rows of the reference images packed between the text and the target image
+    ([text | references | image]): ⌈h/p⌉·⌈w/p⌉ per `ref_latents` entry (B, C, h, w), p = the net's patch size."""
+    p = max(int(getattr(net, "patch_size", 2) or 2), 1)
+    return sum(-(-int(r.shape[-2]) // p) * -(-int(r.shape[-1]) // p) for r in conds.get("ref_latents") or ()
+               if getattr(r, "ndim", 0) >= 4)
+
+
+def packed_stream_rows(conds: dict, net=None) -> int | None:
     """MiniMax H3: rows between the text and the target video in the host's packed sequence
     [text | keyframe cond rows or reference blocks | target audio | target video], read from the segment
     table (`minimax_payload["layout"].segments`: (start, stop, kind)) the host builds once per sampling run;
@@ -165,6 +173,15 @@ FAMILY_ROWS: tuple[Family, ...] = (
                ("WAN22_WanDancer", "WanDancer: the music encoder and injector stay dense (called without "
                                    "transformer_options), as the two CLIP cross-attentions"),
            )),
+    # OmniGen2 and Boogu (0.33): no block ids; caption, image and reference refiners run alone first, then one
+    # sequence [text | references | image] (Boogu: double-stream blocks joint over it, with an image-only
+    # self-attention each, then single-stream blocks); reference rows stay dense.
+    Family("omnigen2", "mmdit", "OmniGen2", block_ids=False, classes=("Omnigen2",),
+           nets=("OmniGen2Transformer2DModel",), exact_sequence=True, stream_rows=reference_rows,
+           block_counts=(("double", "layers"),)),
+    Family("boogu", "mmdit", "Boogu", block_ids=False, classes=("Boogu",), nets=("BooguTransformer2DModel",),
+           exact_sequence=True, stream_rows=reference_rows,
+           block_counts=(("double", "double_stream_layers"), ("single", "single_stream_layers"))),
     # Cosmos-Predict2's MiniTrainDIT and Anima (MiniTrainDIT + an LLM adapter whose output, padded to 512, is the
     # context): self-attention then text cross-attention per block; the host sets `block_index` only.
     Family("anima", "mmdit", "Anima", layout="cross", classes=("Anima",), nets=("Anima",),

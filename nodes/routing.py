@@ -108,7 +108,7 @@ def add_family_facts(info: PassInfo, family, net, latent_shape, extra: dict | No
     multiple = int(getattr(net, "pad_tokens_multiple", 0) or 0)
     info.text_len = _round_up(info.text_len, multiple)
     streams = getattr(family, "stream_rows", None)
-    rows = 0 if streams is None else streams(conds)  # e.g. MiniMax H3: [text | cond / refs | audio | video]
+    rows = 0 if streams is None else streams(conds, net)  # e.g. MiniMax H3: [text | cond / refs | audio | video]
     info.stream_tokens = int(rows or 0)
     if getattr(family, "exact_sequence", False) and info.image_tokens > 0:
         info.seq_len = info.text_len + info.stream_tokens + _round_up(info.image_tokens, multiple)

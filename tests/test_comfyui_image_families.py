@@ -32,6 +32,16 @@ FAMILIES = {
     "cosmos_predict2": ("CosmosT2IPredict2", "CosmosPredict2", dict(image_model="cosmos_predict2", **MINI_TRAIN_DIT),
                         (1, 16, 1, 8, 8), "cosmos_predict2"),
 }
+OMNIGEN = dict(patch_size=2, in_channels=16, hidden_size=64, num_refiner_layers=1, num_attention_heads=2, num_kv_heads=1,
+               multiple_of=16, axes_dim_rope=(8, 12, 12), axes_lens=(300, 512, 512))
+FAMILIES.update({
+    "omnigen2": ("Omnigen2", "Omnigen2", dict(image_model="omnigen2", num_layers=2, text_feat_dim=32, **OMNIGEN),
+                 (1, 16, 8, 8), "omnigen2"),
+    "boogu": ("Boogu", "Boogu", dict(image_model="boogu", num_layers=1, num_double_stream_layers=1,
+                                     instruction_feat_dim=32, **OMNIGEN), (1, 16, 8, 8), "boogu"),
+})
+# guided blocks of one pass (no block ids on these: counted calls, double then single)
+BLOCKS = {"boogu": [("double", 0), ("single", 0)]}
 IMAGE_TOKENS = 16  # 4 × 4 latent pixels (Mage-Flow, patch 1); 8 × 8 / 2² (MiniTrainDIT)
 
 
@@ -55,16 +65,18 @@ def build(comfy, family: str, seed: int = 0):
     return comfy.model_patcher.ModelPatcher(base, load_device=cpu, offload_device=cpu)
 
 
-def conditioning(length: int, seed: int, reference=None):
+def conditioning(family: str, length: int, seed: int, reference=None):
     gen = torch.Generator().manual_seed(seed)
     extra = {} if reference is None else {"reference_latents": [reference]}
+    if family in ("omnigen2", "boogu"):  # their encoder hands a mask (all ones here): the net reads num_tokens
+        extra["attention_mask"] = torch.ones(1, length, dtype=torch.long)
     return [[torch.randn(1, length, 32, generator=gen), extra]]
 
 
 def sample(comfy, model, family: str, reference=None):
     shape = FAMILIES[family][3]
-    out = comfy.nodes.common_ksampler(model, 0, 2, 2.0, "euler", "normal", conditioning(7, 1, reference),
-                                      conditioning(9, 2, reference), {"samples": torch.zeros(shape)}, denoise=1.0)
+    out = comfy.nodes.common_ksampler(model, 0, 2, 2.0, "euler", "normal", conditioning(family, 7, 1, reference),
+                                      conditioning(family, 9, 2, reference), {"samples": torch.zeros(shape)}, denoise=1.0)
     return out[0]["samples"]
 
 
@@ -81,16 +93,19 @@ def test_guides_exactly_the_intended_calls(comfy, monkeypatch, family):
     passes = rec.per_pass()
     assert rec.passes == len(passes) >= 2  # every pass guided (prompts of 7 and 9 tokens may run apart)
     for guided in passes.values():
-        assert [g["block"] for g in guided] == [("double", 0), ("double", 1)]
+        assert [g["block"] for g in guided] == BLOCKS.get(family, [("double", 0), ("double", 1)])
     for g in rec.guided:
         t = g["text_len"]
         assert t in (7, 9)
-        if family == "mage_flow":  # joint [text | image]: image rows × text keys
+        if family in ("mage_flow", "omnigen2", "boogu"):  # joint [text | image]: image rows × text keys
             assert g["kind"] == "joint" and g["q_len"] == g["k_len"] == t + IMAGE_TOKENS
             assert g["text_range"] == (0, t) and g["guided_stop"] == t + IMAGE_TOKENS
         else:  # cross-attention: image queries × the text keys
             assert g["kind"] == "cross" and g["q_len"] == IMAGE_TOKENS and g["k_len"] == t
-    if family != "mage_flow":  # per block one self-attention (dense) and one text cross-attention (guided)
+    if family in ("omnigen2", "boogu"):  # the caption, image refiners (and Boogu's image self-attention): dense
+        assert {(q, k) for q, k, _ in log.calls} - {(g["q_len"], g["k_len"]) for g in rec.guided} <= \
+            {(IMAGE_TOKENS, IMAGE_TOKENS)} | {(t, t) for t in (7, 9)}
+    if family in ("anima", "cosmos_predict2"):  # per block one self-attention (dense), one text cross-attention
         assert sorted({(q, k) for q, k, _ in log.calls}) == sorted(
             {(IMAGE_TOKENS, IMAGE_TOKENS)} | {(IMAGE_TOKENS, t) for t in {g["text_len"] for g in rec.guided}})
         assert len(log.calls) == 2 * len(rec.guided)
@@ -106,3 +121,27 @@ def test_mage_flow_edit_reference_rows_stay_dense(comfy, monkeypatch):
     for g in rec.guided:
         t = g["text_len"]
         assert g["q_len"] == t + 2 * IMAGE_TOKENS and g["guided_stop"] == t + IMAGE_TOKENS
+
+
+@pytest.mark.parametrize("family", ["omnigen2", "boogu"])
+def test_omnigen_edit_reference_rows_stay_dense(comfy, monkeypatch, family):
+    """OmniGen2 / Boogu edit: [text | reference | image]; the reference rows (an 8 × 4 latent: 8 rows) keep the
+    dense output, the image rows after them are guided."""
+    model = build(comfy, family)
+    reference = torch.randn(1, 16, 8, 4, generator=torch.Generator().manual_seed(3))
+    rec = Recorder(comfy, monkeypatch, keep_tensors=True)
+    out = sample(comfy, comfy.run_node(GAG, model=model, scale=5.0, beta=0.0), family, reference)
+    assert torch.isfinite(out).all() and rec.guided
+    for g in rec.guided:
+        t = g["text_len"]
+        assert g["q_len"] == t + 8 + IMAGE_TOKENS and g["text_range"] == (0, t)
+        assert g["guided_stop"] == t + 8 + IMAGE_TOKENS  # rows [t + 8, end) guided; [t, t + 8) dense (below)
+        call, got = g["tensors"]
+        ac = __import__(comfy.patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
+        q, k, v = (ac.to_bhld(x, call.heads, call.skip_reshape) for x in (call.q, call.k, call.v))
+        if k.shape[1] != q.shape[1]:  # GQA: each k/v head serves q.shape[1] // k.shape[1] query heads
+            k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
+        got = ac.output_to_bhld(got, call.heads, call.skip_output_reshape).double()
+        dense = torch.softmax(q.double() @ k.double().transpose(-1, -2) / q.shape[-1] ** 0.5, -1) @ v.double()
+        torch.testing.assert_close(got[:, :, : t + 8], dense[:, :, : t + 8], rtol=1e-4, atol=1e-5)
+        assert (got[:, :, t + 8:] - dense[:, :, t + 8:]).abs().max() > 1e-4
