@@ -68,6 +68,9 @@ PRESETS: dict[str, Preset] = {
         Preset("boogu", "Boogu", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0, (2.0, 10.0), (0.0, 0.3),
                "OmniGen2-style [text | references | image], double- then single-stream blocks: image queries × "
                "text keys; reference rows and the image-only self-attention stay dense."),
+        Preset("ideogram4", "Ideogram 4", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Single stream [text | image]: image queries × text keys; the image-only unconditional pass runs "
+               "dense."),
         Preset("anima", "Anima", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
                "Cross-attention DiT (Cosmos-Predict2 blocks): text cross-attention of every block (the LLM "
                "adapter's 512 keys); self-attention stays dense."),

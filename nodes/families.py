@@ -182,6 +182,10 @@ FAMILY_ROWS: tuple[Family, ...] = (
     Family("boogu", "mmdit", "Boogu", block_ids=False, classes=("Boogu",), nets=("BooguTransformer2DModel",),
            exact_sequence=True, stream_rows=reference_rows,
            block_counts=(("double", "double_stream_layers"), ("single", "single_stream_layers"))),
+    # Ideogram 4: one stream [text | image] without block ids (the unconditional pass runs the image alone: no
+    # text, dense); padded text is a segment of its own under a block-diagonal mask.
+    Family("ideogram4", "mmdit", "Ideogram 4", block_ids=False, classes=("Ideogram4",),
+           nets=("Ideogram4Transformer2DModel",), exact_sequence=True, block_counts=(("double", "layers"),)),
     # Cosmos-Predict2's MiniTrainDIT and Anima (MiniTrainDIT + an LLM adapter whose output, padded to 512, is the
     # context): self-attention then text cross-attention per block; the host sets `block_index` only.
     Family("anima", "mmdit", "Anima", layout="cross", classes=("Anima",), nets=("Anima",),

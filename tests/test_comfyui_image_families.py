@@ -40,6 +40,11 @@ FAMILIES.update({
     "boogu": ("Boogu", "Boogu", dict(image_model="boogu", num_layers=1, num_double_stream_layers=1,
                                      instruction_feat_dim=32, **OMNIGEN), (1, 16, 8, 8), "boogu"),
 })
+FAMILIES["ideogram4"] = ("Ideogram4", "Ideogram4", dict(image_model="ideogram4", in_channels=128, num_layers=2,
+                                                         num_attention_heads=2, attention_head_dim=32,
+                                                         intermediate_size=64, adaln_dim=32, llm_features_dim=32,
+                                                         rope_theta=10000, mrope_section=[4, 6, 6]),
+                          (1, 128, 4, 4), "ideogram4")
 # guided blocks of one pass (no block ids on these: counted calls, double then single)
 BLOCKS = {"boogu": [("double", 0), ("single", 0)]}
 IMAGE_TOKENS = 16  # 4 × 4 latent pixels (Mage-Flow, patch 1); 8 × 8 / 2² (MiniTrainDIT)
@@ -52,6 +57,7 @@ def build(comfy, family: str, seed: int = 0):
     if not hasattr(comfy.supported_models, cls_name) or not hasattr(model_base, base_name):
         pytest.skip(f"this ComfyUI has no {cls_name}")
     model_config = getattr(comfy.supported_models, cls_name)(dict(config))
+    model_config.unet_config.update(config)  # over the class's unet_extra_config (Ideogram 4's full size)
     model_config.set_inference_dtype(torch.float32, None)
     base = model_config.get_model({})
     gen = torch.Generator().manual_seed(seed)
@@ -68,7 +74,7 @@ def build(comfy, family: str, seed: int = 0):
 def conditioning(family: str, length: int, seed: int, reference=None):
     gen = torch.Generator().manual_seed(seed)
     extra = {} if reference is None else {"reference_latents": [reference]}
-    if family in ("omnigen2", "boogu"):  # their encoder hands a mask (all ones here): the net reads num_tokens
+    if family in ("omnigen2", "boogu", "ideogram4"):  # their encoder hands a mask (all ones here): the net reads num_tokens
         extra["attention_mask"] = torch.ones(1, length, dtype=torch.long)
     return [[torch.randn(1, length, 32, generator=gen), extra]]
 
@@ -97,7 +103,7 @@ def test_guides_exactly_the_intended_calls(comfy, monkeypatch, family):
     for g in rec.guided:
         t = g["text_len"]
         assert t in (7, 9)
-        if family in ("mage_flow", "omnigen2", "boogu"):  # joint [text | image]: image rows × text keys
+        if family in ("mage_flow", "omnigen2", "boogu", "ideogram4"):  # joint [text | image]: image rows × text keys
             assert g["kind"] == "joint" and g["q_len"] == g["k_len"] == t + IMAGE_TOKENS
             assert g["text_range"] == (0, t) and g["guided_stop"] == t + IMAGE_TOKENS
         else:  # cross-attention: image queries × the text keys
@@ -145,3 +151,32 @@ def test_omnigen_edit_reference_rows_stay_dense(comfy, monkeypatch, family):
         dense = torch.softmax(q.double() @ k.double().transpose(-1, -2) / q.shape[-1] ** 0.5, -1) @ v.double()
         torch.testing.assert_close(got[:, :, : t + 8], dense[:, :, : t + 8], rtol=1e-4, atol=1e-5)
         assert (got[:, :, t + 8:] - dense[:, :, t + 8:]).abs().max() > 1e-4
+
+
+def test_ideogram4_padded_text_stays_out_of_the_guidance(comfy, monkeypatch):
+    """Ideogram 4 with padded text: the pad rows are a segment of their own (block-diagonal mask); the guided image
+    rows change by values of the real text keys only, and every other row keeps the dense output."""
+    model = build(comfy, "ideogram4")
+    gen = torch.Generator().manual_seed(4)
+    mask = torch.ones(1, 9, dtype=torch.long)
+    mask[:, 6:] = 0  # 6 real tokens, 3 pads
+    cond = [[torch.randn(1, 9, 32, generator=gen), {"attention_mask": mask}]]
+    rec = Recorder(comfy, monkeypatch, keep_tensors=True)
+    patched = comfy.run_node(GAG, model=model, scale=5.0, beta=0.3)
+    out = comfy.nodes.common_ksampler(patched, 0, 1, 1.0, "euler", "normal", cond, cond,
+                                      {"samples": torch.zeros(1, 128, 4, 4)}, denoise=1.0)[0]["samples"]
+    assert torch.isfinite(out).all() and rec.guided
+    ac = __import__(comfy.patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
+    for g in rec.guided:
+        assert g["q_len"] == 9 + IMAGE_TOKENS and g["text_range"] == (0, 9)
+        call, got = g["tensors"]
+        q, k, v = (ac.to_bhld(x, call.heads, call.skip_reshape).double() for x in (call.q, call.k, call.v))
+        got = ac.output_to_bhld(got, call.heads, call.skip_output_reshape).double()
+        bias = call.mask.double() if call.mask is not None else 0.0
+        dense = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5 + bias, -1) @ v
+        torch.testing.assert_close(got[:, :, :9], dense[:, :, :9], rtol=1e-4, atol=1e-5)
+        delta = got[:, :, 9:] - dense[:, :, 9:]
+        v_real = v[:, :, :6]
+        coef = torch.linalg.lstsq(v_real.transpose(-1, -2), delta.transpose(-1, -2)).solution
+        residual = delta - (v_real.transpose(-1, -2) @ coef).transpose(-1, -2)
+        assert delta.abs().max() > 1e-4 and residual.abs().max() < 1e-4 * max(1.0, float(delta.abs().max()))
