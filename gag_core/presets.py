@@ -71,6 +71,9 @@ PRESETS: dict[str, Preset] = {
         Preset("ideogram4", "Ideogram 4", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
                "Single stream [text | image]: image queries × text keys; the image-only unconditional pass runs "
                "dense."),
+        Preset("kandinsky5", "Kandinsky 5", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Cross-attention DiT (video and image): text cross-attention of every visual block; the text blocks "
+               "and self-attention stay dense."),
         Preset("anima", "Anima", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
                "Cross-attention DiT (Cosmos-Predict2 blocks): text cross-attention of every block (the LLM "
                "adapter's 512 keys); self-attention stays dense."),

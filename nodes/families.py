@@ -186,6 +186,10 @@ FAMILY_ROWS: tuple[Family, ...] = (
     # text, dense); padded text is a segment of its own under a block-diagonal mask.
     Family("ideogram4", "mmdit", "Ideogram 4", block_ids=False, classes=("Ideogram4",),
            nets=("Ideogram4Transformer2DModel",), exact_sequence=True, block_counts=(("double", "layers"),)),
+    # Kandinsky 5 (video and image): text blocks (text self-attention, no block ids yet), then visual blocks with
+    # ids: self-attention, then text cross-attention.
+    Family("kandinsky5", "mmdit", "Kandinsky 5", layout="cross", classes=("Kandinsky5", "Kandinsky5Image"),
+           nets=("Kandinsky5",), block_counts=(("double", "visual_transformer_blocks"),)),
     # Cosmos-Predict2's MiniTrainDIT and Anima (MiniTrainDIT + an LLM adapter whose output, padded to 512, is the
     # context): self-attention then text cross-attention per block; the host sets `block_index` only.
     Family("anima", "mmdit", "Anima", layout="cross", classes=("Anima",), nets=("Anima",),
@@ -257,6 +261,8 @@ PASS_THROUGH: dict[str, str] = {
     "HunyuanVideoSkyreelsI2V": "the SkyReels image-to-video variant has not been tested",
     "HunyuanVideo15_SR_Distilled": "the super-resolution variant has not been tested",
     "HiDreamO1": "HiDream-O1 is a unified LLM-style transformer, not the joint [image | text] DiT tested here",
+    "ErnieImage": "ERNIE-Image calls its attention without transformer_options (comfy/ldm/ernie/model.py), so "
+                  "no attention override ever sees it",
     "WAN21_CausalAR": "Wan causal autoregressive generation (causal forcing) samples frame blocks against a KV "
                       "cache of earlier frames through its own sampling path, which has not been checked",
 }
