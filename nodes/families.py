@@ -115,7 +115,10 @@ FAMILY_ROWS: tuple[Family, ...] = (
            block_counts=unet_attention_blocks),
     Family("sdxl", "unet", "SDXL", classes=("SDXL", "SDXLRefiner", "SDXL_instructpix2pix"), nets=_UNET_NETS,
            block_counts=unet_attention_blocks),
-    Family("flux1", "mmdit", "FLUX.1", classes=("Flux",), nets=("Flux",), block_counts=_FLUX_BLOCKS),
+    Family("flux1", "mmdit", "FLUX.1", classes=("Flux",), nets=("Flux",), block_counts=_FLUX_BLOCKS, variants=(
+        ("LongCatImage", "LongCat-Image: FLUX blocks, text position ids shifted, no pooled vector; edit references "
+                         "stay dense"),
+    )),
     Family("flux2", "mmdit", "FLUX.2", classes=("Flux2",), nets=("Flux",), block_counts=_FLUX_BLOCKS),
     # Mage-Flow (`MageFlow`, a QwenImage subclass on 0.33) runs Qwen-Image's blocks on its own net: patch 1 (one
     # token per latent pixel), [text | image | reference], `reference_image_num_tokens` set (tests/

@@ -49,8 +49,13 @@ FAMILIES["kandinsky5_image"] = ("Kandinsky5Image", "Kandinsky5Image", dict(
     image_model="kandinsky5", in_visual_dim=16, out_visual_dim=16, in_text_dim=32, in_text_dim2=32, time_dim=32,
     model_dim=64, ff_dim=128, visual_embed_dim=64, patch_size=(1, 2, 2), num_text_blocks=1, num_visual_blocks=2,
     axes_dims=(8, 12, 12)), (1, 16, 8, 8), "kandinsky5")
+FAMILIES["longcat"] = ("LongCatImage", "LongCatImage", dict(
+    image_model="flux", in_channels=16, out_channels=16, vec_in_dim=None, context_in_dim=32, hidden_size=64,
+    mlp_ratio=2.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12], theta=10000, patch_size=2,
+    qkv_bias=True, guidance_embed=False, txt_ids_dims=[1, 2]), (1, 16, 8, 8), "flux1")
 # guided blocks of one pass (no block ids on these: counted calls, double then single)
-BLOCKS = {"boogu": [("double", 0), ("single", 0)]}
+BLOCKS = {"boogu": [("double", 0), ("single", 0)],
+          "longcat": [("double", 0), ("double", 1), ("single", 0), ("single", 1)]}
 IMAGE_TOKENS = 16  # 4 × 4 latent pixels (Mage-Flow, patch 1); 8 × 8 / 2² (MiniTrainDIT)
 
 
@@ -78,6 +83,8 @@ def build(comfy, family: str, seed: int = 0):
 def conditioning(family: str, length: int, seed: int, reference=None):
     gen = torch.Generator().manual_seed(seed)
     extra = {} if reference is None else {"reference_latents": [reference]}
+    if family == "longcat":
+        extra["pooled_output"] = None
     if family.startswith("kandinsky5"):  # the pooled CLIP vector
         extra["pooled_output"] = torch.randn(1, 32, generator=gen)
     if family in ("omnigen2", "boogu", "ideogram4"):  # their encoder hands a mask (all ones here): the net reads num_tokens
@@ -109,7 +116,7 @@ def test_guides_exactly_the_intended_calls(comfy, monkeypatch, family):
     for g in rec.guided:
         t = g["text_len"]
         assert t in (7, 9)
-        if family in ("mage_flow", "omnigen2", "boogu", "ideogram4"):  # joint [text | image]: image rows × text keys
+        if family in ("mage_flow", "omnigen2", "boogu", "ideogram4", "longcat"):  # joint [text | image]: image rows × text keys
             assert g["kind"] == "joint" and g["q_len"] == g["k_len"] == t + IMAGE_TOKENS
             assert g["text_range"] == (0, t) and g["guided_stop"] == t + IMAGE_TOKENS
         else:  # cross-attention: image queries × the text keys
