@@ -74,6 +74,8 @@ PRESETS: dict[str, Preset] = {
         Preset("kandinsky5", "Kandinsky 5", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
                "Cross-attention DiT (video and image): text cross-attention of every visual block; the text blocks "
                "and self-attention stay dense."),
+        Preset("lens", "Lens", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Dual-stream MMDiT [image | text]: image queries × text keys; padded text stays masked."),
         Preset("anima", "Anima", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
                "Cross-attention DiT (Cosmos-Predict2 blocks): text cross-attention of every block (the LLM "
                "adapter's 512 keys); self-attention stays dense."),

@@ -59,6 +59,7 @@ class Family:
     stream_rows: Callable | None = None
     variants: tuple[tuple[str, str], ...] = ()  # (checked subclass of `classes`, what it guides / keeps dense)
     modes: tuple[str, ...] = ()  # conditioning modes guided (coverage accounting); () = every mode
+    token_grid: bool = False  # the latent is the token grid (patches packed in its channels): a token per pixel
 
     @property
     def rule(self) -> str:
@@ -188,7 +189,12 @@ FAMILY_ROWS: tuple[Family, ...] = (
     # Ideogram 4: one stream [text | image] without block ids (the unconditional pass runs the image alone: no
     # text, dense); padded text is a segment of its own under a block-diagonal mask.
     Family("ideogram4", "mmdit", "Ideogram 4", block_ids=False, classes=("Ideogram4",),
-           nets=("Ideogram4Transformer2DModel",), exact_sequence=True, block_counts=(("double", "layers"),)),
+           nets=("Ideogram4Transformer2DModel",), exact_sequence=True, token_grid=True,
+           block_counts=(("double", "layers"),)),
+    # Lens: dual-stream MMDiT [image | text] (text of 4 encoder layers side by side in the channels), block ids
+    # set; padded text masked (additive key mask); the latent is its token grid.
+    Family("lens", "mmdit", "Lens", classes=("Lens",), nets=("LensTransformer2DModel",), text_order="last",
+           exact_sequence=True, token_grid=True, block_counts=(("double", "transformer_blocks"),)),
     # Kandinsky 5 (video and image): text blocks (text self-attention, no block ids yet), then visual blocks with
     # ids: self-attention, then text cross-attention.
     Family("kandinsky5", "mmdit", "Kandinsky 5", layout="cross", classes=("Kandinsky5", "Kandinsky5Image"),

@@ -86,8 +86,8 @@ def _round_up(n: int, multiple: int) -> int:
 def add_family_facts(info: PassInfo, family, net, latent_shape, extra: dict | None) -> PassInfo:
     """`info` completed with what a family row says about its joint sequence (nodes/families.py):
     - the net's `patch` (Krea 2) or `patch_spatial` / `patch_temporal` (MiniTrainDIT) when it has no
-      `patch_size` sets the image tokens; a net with `ae_channels` (Ideogram 4) takes a latent that is already
-      its token grid (2×2 patches packed into the channels): one token per latent pixel;
+      `patch_size` sets the image tokens; `token_grid` rows (Ideogram 4, Lens) take a latent that is already
+      their token grid (2×2 patches packed into the channels): one token per latent pixel;
     - `text_conds`: conditioning entries (apply_model keywords) whose tokens are part of the text span
       (HunyuanVideo 1.5's byT5 and CLIP-vision tokens, HiDream's LLM tokens, twice per block);
     - the net's `pad_tokens_multiple` (Z-Image): caption and image are each padded up to a multiple;
@@ -104,8 +104,8 @@ def add_family_facts(info: PassInfo, family, net, latent_shape, extra: dict | No
         elif getattr(net, "patch_spatial", None):  # Cosmos-Predict2's MiniTrainDIT, Anima: (t, h, w) patches
             patch = (int(getattr(net, "patch_temporal", 1) or 1), int(net.patch_spatial), int(net.patch_spatial))
             info.image_tokens = image_token_count(latent_shape, patch)
-    if getattr(net, "ae_channels", None) and latent_shape is not None and len(latent_shape) == 4:
-        info.image_tokens = int(latent_shape[-2]) * int(latent_shape[-1])  # Ideogram 4: the latent is the token grid
+    if getattr(family, "token_grid", False) and latent_shape is not None and len(latent_shape) == 4:
+        info.image_tokens = int(latent_shape[-2]) * int(latent_shape[-1])  # Ideogram 4, Lens: one token per pixel
     conds = extra or {}
     info.text_len += sum(n * _cond_tokens(conds.get(name)) for name, n in getattr(family, "text_conds", ()))
     multiple = int(getattr(net, "pad_tokens_multiple", 0) or 0)

@@ -53,6 +53,9 @@ FAMILIES["longcat"] = ("LongCatImage", "LongCatImage", dict(
     image_model="flux", in_channels=16, out_channels=16, vec_in_dim=None, context_in_dim=32, hidden_size=64,
     mlp_ratio=2.0, num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[8, 12, 12], theta=10000, patch_size=2,
     qkv_bias=True, guidance_embed=False, txt_ids_dims=[1, 2]), (1, 16, 8, 8), "flux1")
+FAMILIES["lens"] = ("Lens", "Lens", dict(image_model="lens", patch_size=2, in_channels=128, out_channels=32,
+                                          num_layers=2, attention_head_dim=32, num_attention_heads=2, enc_hidden_dim=8,
+                                          axes_dims_rope=(8, 12, 12)), (1, 128, 4, 4), "lens")
 # guided blocks of one pass (no block ids on these: counted calls, double then single)
 BLOCKS = {"boogu": [("double", 0), ("single", 0)],
           "longcat": [("double", 0), ("double", 1), ("single", 0), ("single", 1)]}
@@ -83,6 +86,8 @@ def build(comfy, family: str, seed: int = 0):
 def conditioning(family: str, length: int, seed: int, reference=None):
     gen = torch.Generator().manual_seed(seed)
     extra = {} if reference is None else {"reference_latents": [reference]}
+    if family == "lens":  # 4 encoder layers side by side: (B, S, 4 · 8)
+        return [[torch.randn(1, length, 32, generator=gen), extra]]
     if family == "longcat":
         extra["pooled_output"] = None
     if family.startswith("kandinsky5"):  # the pooled CLIP vector
@@ -116,7 +121,10 @@ def test_guides_exactly_the_intended_calls(comfy, monkeypatch, family):
     for g in rec.guided:
         t = g["text_len"]
         assert t in (7, 9)
-        if family in ("mage_flow", "omnigen2", "boogu", "ideogram4", "longcat"):  # joint [text | image]: image rows × text keys
+        if family == "lens":  # joint [image | text]: image rows × text keys
+            assert g["kind"] == "joint" and g["q_len"] == g["k_len"] == t + IMAGE_TOKENS
+            assert g["text_range"] == (IMAGE_TOKENS, IMAGE_TOKENS + t) and g["guided_stop"] == IMAGE_TOKENS
+        elif family in ("mage_flow", "omnigen2", "boogu", "ideogram4", "longcat"):  # [text | image]
             assert g["kind"] == "joint" and g["q_len"] == g["k_len"] == t + IMAGE_TOKENS
             assert g["text_range"] == (0, t) and g["guided_stop"] == t + IMAGE_TOKENS
         else:  # cross-attention: image queries × the text keys
