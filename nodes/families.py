@@ -139,7 +139,10 @@ FAMILY_ROWS: tuple[Family, ...] = (
            nets=("Chroma", "ChromaRadiance"), block_counts=_FLUX_BLOCKS),
     Family("hunyuan_video", "mmdit", "HunyuanVideo / 1.5", classes=("HunyuanVideo", "HunyuanVideo15"),
            nets=("HunyuanVideo",), text_order=flux_layers_text_order, text_conds=(("txt_byt5", 1), ("clip_fea", 1)),
-           exact_sequence=True, block_counts=_FLUX_BLOCKS),
+           exact_sequence=True, block_counts=_FLUX_BLOCKS, variants=(
+               ("HunyuanVideo15_SR_Distilled", "1.5 super-resolution: the same blocks; only the channels it "
+                                               "concatenates to the latent differ"),
+           )),
     Family("krea2", "mmdit", "Krea 2", classes=("Krea2",), nets=("SingleStreamDiT",),
            block_counts=(("single", "blocks"),)),
     Family("hidream", "mmdit", "HiDream", block_ids=False, classes=("HiDream",),
@@ -268,8 +271,10 @@ PASS_THROUGH: dict[str, str] = {
     "ZImagePixelSpace": "the pixel-space Z-Image (NextDiTPixelSpace) has not been tested",
     "HunyuanVideoI2V": "the image-to-video variant has not been tested",
     "HunyuanVideoSkyreelsI2V": "the SkyReels image-to-video variant has not been tested",
-    "HunyuanVideo15_SR_Distilled": "the super-resolution variant has not been tested",
-    "HiDreamO1": "HiDream-O1 is a unified LLM-style transformer, not the joint [image | text] DiT tested here",
+    "HiDreamO1": "HiDream-O1 is a unified LLM-style transformer: its prompt prefix runs causally through SDPA "
+                 "directly (no override sees it) and only the generation queries reach the override, against "
+                 "[prefix | generation] keys (q length ≠ k length, the prefix KV-cached): a layout the nodes do not "
+                 "route",
     "ErnieImage": "ERNIE-Image calls its attention without transformer_options (comfy/ldm/ernie/model.py), so "
                   "no attention override ever sees it",
     "WAN21_CausalAR": "Wan causal autoregressive generation (causal forcing) samples frame blocks against a KV "

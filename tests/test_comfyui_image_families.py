@@ -202,3 +202,37 @@ def test_ideogram4_padded_text_stays_out_of_the_guidance(comfy, monkeypatch):
         coef = torch.linalg.lstsq(v_real.transpose(-1, -2), delta.transpose(-1, -2)).solution
         residual = delta - (v_real.transpose(-1, -2) @ coef).transpose(-1, -2)
         assert delta.abs().max() > 1e-4 and residual.abs().max() < 1e-4 * max(1.0, float(delta.abs().max()))
+
+
+# ---------------------------------------------------------------------------------- HunyuanVideo 1.5 super-resolution
+# HunyuanVideo15_SR_Distilled (a HunyuanVideo15 subclass on 0.8.0 and 0.33.0) differs from its parent only by what it
+# concatenates to the latent's channels (the upscaled low-resolution video, 2·C + 2 channels) and a time flag: the
+# same joint blocks and sequence. Checked as HunyuanVideo 1.5: same guided blocks, text span and rows.
+def test_hunyuan_video15_super_resolution_is_guided_as_its_parent(monkeypatch):
+    from test_comfyui_joint_families import CONFIGS, HUNYUAN_IMAGE, MODEL_BASE, JointComfy, host_version
+
+    jc = JointComfy()
+    CONFIGS["hunyuan_video15_sr"] = ("HunyuanVideo15_SR_Distilled",
+                                     dict(CONFIGS["hunyuan_video15"][1], in_channels=98), (32, 2), 32)
+    MODEL_BASE["hunyuan_video15_sr"] = "HunyuanVideo15_SR_Distilled"
+    try:
+        families = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".families", fromlist=["x"])
+        model = jc.build("hunyuan_video15_sr")
+        assert families.detect_family(model.model).key == "hunyuan_video"
+        rec = Recorder(jc, monkeypatch)
+        out = jc.sample(jc.run_node(GAG, model=model, scale=5.0, beta=0.0), "hunyuan_video15_sr",
+                        positive=jc.conditioning("hunyuan_video15", 7, seed=1),
+                        negative=jc.conditioning("hunyuan_video15", 9, seed=2))
+        assert torch.isfinite(out).all()
+        passes = rec.per_pass()
+        assert rec.passes == len(passes) >= 2
+        last = host_version(jc) == "0.8"  # [image | text] on 0.8.0, [text | image] later
+        for guided in passes.values():
+            assert [g["block"] for g in guided] == [("double", 0), ("single", 0)]
+            for g in guided:
+                n = g["q_len"] - HUNYUAN_IMAGE
+                assert n in (3 + 7, 3 + 9) and g["kind"] == "joint"  # 3 byT5 tokens before the prompt
+                assert g["text_range"] == ((HUNYUAN_IMAGE, g["q_len"]) if last else (0, n))
+    finally:
+        CONFIGS.pop("hunyuan_video15_sr", None)
+        MODEL_BASE.pop("hunyuan_video15_sr", None)
