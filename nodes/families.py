@@ -203,11 +203,13 @@ FAMILY_ROWS: tuple[Family, ...] = (
     Family("kandinsky5", "mmdit", "Kandinsky 5", layout="cross", classes=("Kandinsky5", "Kandinsky5Image"),
            nets=("Kandinsky5",), block_counts=(("double", "visual_transformer_blocks"),)),
     # Cosmos-Predict2's MiniTrainDIT and Anima (MiniTrainDIT + an LLM adapter whose output, padded to 512, is the
-    # context): self-attention then text cross-attention per block; the host sets `block_index` only.
+    # context): self-attention then text cross-attention per block; 0.33 sets `block_index` only.
     Family("anima", "mmdit", "Anima", layout="cross", classes=("Anima",), nets=("Anima",),
            block_counts=(("double", "blocks"),)),
-    Family("cosmos_predict2", "mmdit", "Cosmos-Predict2", layout="cross", classes=("CosmosPredict2",),
-           nets=("MiniTrainDIT",), block_counts=(("double", "blocks"),)),
+    # 0.8.0's MiniTrainDIT sets no block ids: Cosmos-Predict2's calls are counted (self-attention: q, k of one
+    # length; a text exactly as long as the image would read as self-attention there and stay dense).
+    Family("cosmos_predict2", "mmdit", "Cosmos-Predict2", layout="cross", block_ids=False,
+           classes=("CosmosPredict2",), nets=("MiniTrainDIT",), block_counts=(("double", "blocks"),)),
     Family("ltxv", "mmdit", "LTX-Video / LTX-2", layout="cross", block_ids=False, classes=("LTXV", "LTXAV"),
            nets=("LTXVModel", "LTXAVModel"), block_counts=(("double", "transformer_blocks"),)),
 )
