@@ -76,6 +76,9 @@ PRESETS: dict[str, Preset] = {
                "and self-attention stay dense."),
         Preset("lens", "Lens", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
                "Dual-stream MMDiT [image | text]: image queries × text keys; padded text stays masked."),
+        Preset("hunyuan_image21", "HunyuanImage 2.1", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0,
+               (2.0, 10.0), (0.0, 0.3), "HunyuanVideo's joint blocks on images: image queries × the LLM and byT5 "
+               "text keys."),
         Preset("anima", "Anima", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
                "Cross-attention DiT (Cosmos-Predict2 blocks): text cross-attention of every block (the LLM "
                "adapter's 512 keys); self-attention stays dense."),

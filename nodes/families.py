@@ -143,6 +143,11 @@ FAMILY_ROWS: tuple[Family, ...] = (
                ("HunyuanVideo15_SR_Distilled", "1.5 super-resolution: the same blocks; only the channels it "
                                                "concatenates to the latent differ"),
            )),
+    # HunyuanImage 2.1 (and its refiner) run HunyuanVideo's net on images: 2-D patches, [text | byT5 | image]
+    # (0.8.0: [image | text]).
+    Family("hunyuan_image21", "mmdit", "HunyuanImage 2.1", classes=("HunyuanImage21", "HunyuanImage21Refiner"),
+           nets=("HunyuanVideo",), text_order=flux_layers_text_order, text_conds=(("txt_byt5", 1),),
+           exact_sequence=True, block_counts=_FLUX_BLOCKS),
     Family("krea2", "mmdit", "Krea 2", classes=("Krea2",), nets=("SingleStreamDiT",),
            block_counts=(("single", "blocks"),)),
     Family("hidream", "mmdit", "HiDream", block_ids=False, classes=("HiDream",),

@@ -236,3 +236,42 @@ def test_hunyuan_video15_super_resolution_is_guided_as_its_parent(monkeypatch):
     finally:
         CONFIGS.pop("hunyuan_video15_sr", None)
         MODEL_BASE.pop("hunyuan_video15_sr", None)
+
+
+# ---------------------------------------------------------------------------------- HunyuanImage 2.1
+# HunyuanImage21 (0.8.0 and 0.33.0) builds HunyuanVideo's net with 2-D patches: the joint blocks read [text T | byT5
+# B | image] (0.8.0: [image | text T | byT5 B]); T + B is the text span.
+def test_hunyuan_image21_guides_image_rows_on_the_llm_and_byt5_text(monkeypatch):
+    from test_comfyui_joint_families import BYT5_DIM, CONFIGS, MODEL_BASE, JointComfy, host_version
+
+    jc = JointComfy()
+    CONFIGS["hunyuan_image21"] = ("HunyuanImage21", dict(
+        image_model="hunyuan_video", in_channels=64, out_channels=64, vec_in_dim=None, context_in_dim=32,
+        hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[16, 16], theta=256,
+        patch_size=[1, 1], qkv_bias=True, guidance_embed=False, byt5=True, meanflow=False,
+        use_cond_type_embedding=False, vision_in_dim=None, meanflow_sum=False), (64, None), 32)
+    MODEL_BASE["hunyuan_image21"] = "HunyuanImage21"
+    try:
+        families = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".families", fromlist=["x"])
+        model = jc.build("hunyuan_image21")
+        assert families.detect_family(model.model).key == "hunyuan_image21"
+        gen = torch.Generator().manual_seed(1)
+        conds = [[[torch.randn(1, t, 32, generator=gen), {"conditioning_byt5small": torch.randn(1, 3, BYT5_DIM,
+                                                                                              generator=gen)}]]
+                 for t in (7, 9)]
+        rec = Recorder(jc, monkeypatch)
+        out = jc.sample(jc.run_node(GAG, model=model, scale=5.0, beta=0.0), "hunyuan_image21", size=4,
+                        positive=conds[0], negative=conds[1])
+        assert torch.isfinite(out).all()
+        passes = rec.per_pass()
+        assert rec.passes == len(passes) >= 2
+        last = host_version(jc) == "0.8"
+        for guided in passes.values():
+            assert [g["block"] for g in guided] == [("double", 0), ("single", 0)]
+            for g in guided:
+                n = g["q_len"] - IMAGE_TOKENS
+                assert n in (7 + 3, 9 + 3) and g["kind"] == "joint"
+                assert g["text_range"] == ((IMAGE_TOKENS, g["q_len"]) if last else (0, n))
+    finally:
+        CONFIGS.pop("hunyuan_image21", None)
+        MODEL_BASE.pop("hunyuan_image21", None)

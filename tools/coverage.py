@@ -101,7 +101,7 @@ FILE_CLASSES: tuple[tuple[str, str], ...] = (
 )
 # Classes without text conditioning (upscalers, 3D, segmentation, depth, image-only video): left out of the share.
 NOT_TEXT = frozenset({"SeedVR2", "TripoSplat", "Hunyuan3Dv2", "Hunyuan3Dv2_1", "SAM3", "RT_DETR_v4",
-                      "DepthAnything3", "SVD_img2vid", "Lotus", "PiD"})
+                      "DepthAnything3", "SVD_img2vid", "Lotus", "PiD", "?SDPose"})
 # Audio generators are text-conditioned but not what the pack is for: counted apart (--with-audio counts them in).
 AUDIO = frozenset({"ACEStep", "ACEStep15", "StableAudio1", "StableAudio3", "MiniMaxMusic3"})
 LOADER = re.compile(r"unet|checkpoint|diffusion", re.I)
