@@ -79,6 +79,8 @@ PRESETS: dict[str, Preset] = {
         Preset("hunyuan_image21", "HunyuanImage 2.1", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0,
                (2.0, 10.0), (0.0, 0.3), "HunyuanVideo's joint blocks on images: image queries × the LLM and byT5 "
                "text keys."),
+        Preset("joyimage", "JoyImage", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Joint [image | references | text]: target image queries × text keys; reference rows stay dense."),
         Preset("anima", "Anima", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
                "Cross-attention DiT (Cosmos-Predict2 blocks): text cross-attention of every block (the LLM "
                "adapter's 512 keys); self-attention stays dense."),

@@ -148,6 +148,10 @@ FAMILY_ROWS: tuple[Family, ...] = (
     Family("hunyuan_image21", "mmdit", "HunyuanImage 2.1", classes=("HunyuanImage21", "HunyuanImage21Refiner"),
            nets=("HunyuanVideo",), text_order=flux_layers_text_order, text_conds=(("txt_byt5", 1),),
            exact_sequence=True, block_counts=_FLUX_BLOCKS),
+    # JoyImage (0.33): double blocks joint over [target image | references | text], block ids set; reference rows
+    # (edit) stay dense.
+    Family("joyimage", "mmdit", "JoyImage", classes=("JoyImage",), nets=("JoyImageTransformer3DModel",),
+           text_order="last", block_counts=(("double", "double_blocks"),)),
     Family("krea2", "mmdit", "Krea 2", classes=("Krea2",), nets=("SingleStreamDiT",),
            block_counts=(("single", "blocks"),)),
     Family("hidream", "mmdit", "HiDream", block_ids=False, classes=("HiDream",),

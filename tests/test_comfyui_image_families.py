@@ -56,6 +56,9 @@ FAMILIES["longcat"] = ("LongCatImage", "LongCatImage", dict(
 FAMILIES["lens"] = ("Lens", "Lens", dict(image_model="lens", patch_size=2, in_channels=128, out_channels=32,
                                           num_layers=2, attention_head_dim=32, num_attention_heads=2, enc_hidden_dim=8,
                                           axes_dims_rope=(8, 12, 12)), (1, 128, 4, 4), "lens")
+FAMILIES["joyimage"] = ("JoyImage", "JoyImage", dict(image_model="joyimage", patch_size=[1, 2, 2], in_channels=16,
+                                                     hidden_size=64, num_attention_heads=2, text_dim=32, num_layers=2,
+                                                     rope_dim_list=[8, 12, 12]), (1, 16, 1, 8, 8), "joyimage")
 # guided blocks of one pass (no block ids on these: counted calls, double then single)
 BLOCKS = {"boogu": [("double", 0), ("single", 0)],
           "longcat": [("double", 0), ("double", 1), ("single", 0), ("single", 1)]}
@@ -121,7 +124,7 @@ def test_guides_exactly_the_intended_calls(comfy, monkeypatch, family):
     for g in rec.guided:
         t = g["text_len"]
         assert t in (7, 9)
-        if family == "lens":  # joint [image | text]: image rows × text keys
+        if family in ("lens", "joyimage"):  # joint [image | text]: image rows × text keys
             assert g["kind"] == "joint" and g["q_len"] == g["k_len"] == t + IMAGE_TOKENS
             assert g["text_range"] == (IMAGE_TOKENS, IMAGE_TOKENS + t) and g["guided_stop"] == IMAGE_TOKENS
         elif family in ("mage_flow", "omnigen2", "boogu", "ideogram4", "longcat"):  # [text | image]
@@ -275,3 +278,16 @@ def test_hunyuan_image21_guides_image_rows_on_the_llm_and_byt5_text(monkeypatch)
     finally:
         CONFIGS.pop("hunyuan_image21", None)
         MODEL_BASE.pop("hunyuan_image21", None)
+
+
+def test_joyimage_edit_reference_rows_stay_dense(comfy, monkeypatch):
+    """JoyImage edit: [target image | reference | text]; rows past the target image are not guided."""
+    model = build(comfy, "joyimage")
+    reference = torch.randn(1, 16, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    rec = Recorder(comfy, monkeypatch)
+    out = sample(comfy, comfy.run_node(GAG, model=model, scale=5.0, beta=0.0), "joyimage", reference)
+    assert torch.isfinite(out).all() and rec.guided
+    for g in rec.guided:
+        t = g["text_len"]
+        assert g["q_len"] == 2 * IMAGE_TOKENS + t and g["text_range"] == (2 * IMAGE_TOKENS, 2 * IMAGE_TOKENS + t)
+        assert g["guided_stop"] == IMAGE_TOKENS
