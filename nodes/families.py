@@ -152,6 +152,10 @@ FAMILY_ROWS: tuple[Family, ...] = (
     # (edit) stay dense.
     Family("joyimage", "mmdit", "JoyImage", classes=("JoyImage",), nets=("JoyImageTransformer3DModel",),
            text_order="last", block_counts=(("double", "double_blocks"),)),
+    # PixelDiT (pixel space): patch blocks joint over [text (cut to txt_max_length) | image patches], no block ids;
+    # then pixel blocks attend the patches alone (dense). A prompt past txt_max_length is another length: dense.
+    Family("pixeldit", "mmdit", "PixelDiT", block_ids=False, classes=("PixelDiTT2I",), nets=("PixDiT_T2I",),
+           exact_sequence=True, block_counts=(("double", "patch_blocks"),)),
     Family("krea2", "mmdit", "Krea 2", classes=("Krea2",), nets=("SingleStreamDiT",),
            block_counts=(("single", "blocks"),)),
     Family("hidream", "mmdit", "HiDream", block_ids=False, classes=("HiDream",),

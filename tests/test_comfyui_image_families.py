@@ -59,6 +59,10 @@ FAMILIES["lens"] = ("Lens", "Lens", dict(image_model="lens", patch_size=2, in_ch
 FAMILIES["joyimage"] = ("JoyImage", "JoyImage", dict(image_model="joyimage", patch_size=[1, 2, 2], in_channels=16,
                                                      hidden_size=64, num_attention_heads=2, text_dim=32, num_layers=2,
                                                      rope_dim_list=[8, 12, 12]), (1, 16, 1, 8, 8), "joyimage")
+FAMILIES["pixeldit"] = ("PixelDiTT2I", "PixelDiTT2I", dict(
+    image_model="pixeldit_t2i", in_channels=3, num_groups=2, hidden_size=64, pixel_hidden_size=4,
+    pixel_attn_hidden_size=32, pixel_num_groups=2, patch_depth=2, pixel_depth=1, patch_size=4, txt_embed_dim=32,
+    txt_max_length=16), (1, 3, 16, 16), "pixeldit")
 # guided blocks of one pass (no block ids on these: counted calls, double then single)
 BLOCKS = {"boogu": [("double", 0), ("single", 0)],
           "longcat": [("double", 0), ("double", 1), ("single", 0), ("single", 1)]}
@@ -127,7 +131,7 @@ def test_guides_exactly_the_intended_calls(comfy, monkeypatch, family):
         if family in ("lens", "joyimage"):  # joint [image | text]: image rows × text keys
             assert g["kind"] == "joint" and g["q_len"] == g["k_len"] == t + IMAGE_TOKENS
             assert g["text_range"] == (IMAGE_TOKENS, IMAGE_TOKENS + t) and g["guided_stop"] == IMAGE_TOKENS
-        elif family in ("mage_flow", "omnigen2", "boogu", "ideogram4", "longcat"):  # [text | image]
+        elif family in ("mage_flow", "omnigen2", "boogu", "ideogram4", "longcat", "pixeldit"):  # [text | image]
             assert g["kind"] == "joint" and g["q_len"] == g["k_len"] == t + IMAGE_TOKENS
             assert g["text_range"] == (0, t) and g["guided_stop"] == t + IMAGE_TOKENS
         else:  # cross-attention: image queries × the text keys
