@@ -94,9 +94,10 @@ FILE_CLASSES: tuple[tuple[str, str], ...] = (
     (r"sam3", "SAM3"),
     (r"rt_detr", "RT_DETR_v4"),
     (r"void_pass", "CogVideoX"),  # VOID video inpainting runs on CogVideoX
-    # no class in the host's model_base: loaded by a newer ComfyUI or a custom node ("?" marks them)
-    (r"capybara", "?Capybara"),
-    (r"ovis_image", "?Ovis-Image"),
+    (r"capybara", "HunyuanVideo15"),  # a HunyuanVideo 1.5 finetune (its template: hunyuan_video_15 encoders)
+    (r"ovis_image", "Flux"),  # detected as FLUX (yak_mlp + txt_norm) on 0.8.0 and 0.33.0
+    (r"v1-5|sd15|sd_1\.5", "BaseModel"),  # SD 1.5
+    # no class in the host's model_base: loaded by a custom node ("?" marks them)
     (r"sdpose", "?SDPose"),
 )
 # Classes without text conditioning (upscalers, 3D, segmentation, depth, image-only video): left out of the share.
@@ -108,20 +109,41 @@ LOADER = re.compile(r"unet|checkpoint|diffusion", re.I)
 MODEL_FILE = re.compile(r"\.(safetensors|gguf|ckpt|pt|pth|bin)$", re.I)
 
 
-def find_index(templates: str | None) -> Path:
-    """templates/index.json of the installed template packages (or of `templates`, a folder holding it)."""
+def template_dirs() -> list[Path]:
+    """Every templates/ folder of the installed comfyui-workflow-templates* packages."""
+    out = []
+    for package in ("comfyui_workflow_templates_json", "comfyui_workflow_templates_media_other",
+                    "comfyui_workflow_templates_media_image", "comfyui_workflow_templates_media_video",
+                    "comfyui_workflow_templates_media_api", "comfyui_workflow_templates"):
+        spec = importlib.util.find_spec(package)
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            if (Path(root) / "templates").is_dir():
+                out.append(Path(root) / "templates")
+    return out
+
+
+def find_index(templates: str | None) -> tuple[Path, list[Path]]:
+    """(templates/index.json, folders holding the workflow files) of the installed template packages, or of
+    `templates` (a folder holding index.json and the workflows). The templates core package says where its
+    version keeps them: the JSON package (core 0.3.1xx+ loader names it) or the media packages (older cores; a
+    newer JSON package pip may have pulled in beside them is not the host's)."""
     if templates:
         path = Path(templates)
         path = path if path.name == "index.json" else path / "index.json"
         if path.is_file():
-            return path
+            return path, [path.parent]
         raise SystemExit(f"no index.json at {templates!r}")
-    for package in ("comfyui_workflow_templates_json", "comfyui_workflow_templates"):
-        spec = importlib.util.find_spec(package)
-        for root in (spec.submodule_search_locations or []) if spec else []:
-            path = Path(root) / "templates" / "index.json"
-            if path.is_file():
-                return path
+    dirs = template_dirs()
+    spec = importlib.util.find_spec("comfyui_workflow_templates_core")
+    loader = ""
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(root) / "loader.py").is_file():
+            loader = (Path(root) / "loader.py").read_text()
+    json_first = "JSON_PACKAGE" in loader
+    ordered = sorted(dirs, key=lambda d: ("templates_json" in str(d)) != json_first)
+    for folder in ordered:
+        if (folder / "index.json").is_file():
+            return folder / "index.json", ordered
     raise SystemExit("no comfyui-workflow-templates package in this Python: run it with the host's venv, or "
                      "pass --templates <folder with index.json>")
 
@@ -221,18 +243,19 @@ def verdict(families, lineage: dict, cls: str, mode: str, modes: dict) -> tuple[
     return True, ""
 
 
-def measure(index: Path, host: Path, repo: Path, with_audio: bool = False, modes: dict | None = None) -> dict:
+def measure(index: Path, host: Path, repo: Path, with_audio: bool = False, modes: dict | None = None,
+            folders: list[Path] | None = None) -> dict:
     families = load_families(repo)
     lineage = host_lineage(host)
-    folder = index.parent
+    folders = folders or [index.parent]
     rows, skipped, unknown = [], [], []
     for category in json.loads(index.read_text()):
         for t in category.get("templates", []):
             name, usage = t["name"], int(t.get("usage") or 0)
             if t.get("openSource") is False or name.startswith("api_"):
                 continue
-            path = folder / f"{name}.json"
-            if not path.is_file():
+            path = next((f / f"{name}.json" for f in folders if (f / f"{name}.json").is_file()), None)
+            if path is None:
                 skipped.append((name, usage, "workflow file missing"))
                 continue
             workflow = json.loads(path.read_text())
@@ -273,14 +296,14 @@ def main(argv=None) -> int:
     if not args.host or not (Path(args.host) / "comfy" / "model_base.py").is_file():
         parser.error(f"--host {args.host!r} is not a ComfyUI tree (no comfy/model_base.py)")
     host = Path(args.host)
-    index = find_index(args.templates)
+    index, folders = find_index(args.templates)
     modes = {}
     for item in args.modes:
         key, _, value = item.partition("=")
         if not key or not value:
             parser.error(f"--modes {item!r}: expected FAMILY=MODE[,MODE]")
         modes[key] = tuple(value.split(","))
-    result = measure(index, host, Path(args.repo), args.with_audio, modes)
+    result = measure(index, host, Path(args.repo), args.with_audio, modes, folders)
     version = re.search(r'"(.*)"', (host / "comfyui_version.py").read_text())
     if args.json:
         print(json.dumps({k: v for k, v in result.items()}, indent=1, default=str))
