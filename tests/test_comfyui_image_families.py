@@ -63,6 +63,9 @@ FAMILIES["pixeldit"] = ("PixelDiTT2I", "PixelDiTT2I", dict(
     image_model="pixeldit_t2i", in_channels=3, num_groups=2, hidden_size=64, pixel_hidden_size=4,
     pixel_attn_hidden_size=32, pixel_num_groups=2, patch_depth=2, pixel_depth=1, patch_size=4, txt_embed_dim=32,
     txt_max_length=16), (1, 3, 16, 16), "pixeldit")
+FAMILIES["kandinsky5_video"] = ("Kandinsky5", "Kandinsky5", dict(
+    FAMILIES["kandinsky5_image"][2], visual_embed_dim=132), (1, 16, 2, 8, 8), "kandinsky5")  # + image cond, mask
+TOKENS = {"kandinsky5_video": 2 * 16}  # 2 frames × 4 × 4 (others: IMAGE_TOKENS)
 # guided blocks of one pass (no block ids on these: counted calls, double then single)
 BLOCKS = {"boogu": [("double", 0), ("single", 0)],
           "longcat": [("double", 0), ("double", 1), ("single", 0), ("single", 1)]}
@@ -125,6 +128,7 @@ def test_guides_exactly_the_intended_calls(comfy, monkeypatch, family):
     assert rec.passes == len(passes) >= 2  # every pass guided (prompts of 7 and 9 tokens may run apart)
     for guided in passes.values():
         assert [g["block"] for g in guided] == BLOCKS.get(family, [("double", 0), ("double", 1)])
+    img = TOKENS.get(family, IMAGE_TOKENS)
     for g in rec.guided:
         t = g["text_len"]
         assert t in (7, 9)
@@ -135,14 +139,14 @@ def test_guides_exactly_the_intended_calls(comfy, monkeypatch, family):
             assert g["kind"] == "joint" and g["q_len"] == g["k_len"] == t + IMAGE_TOKENS
             assert g["text_range"] == (0, t) and g["guided_stop"] == t + IMAGE_TOKENS
         else:  # cross-attention: image queries × the text keys
-            assert g["kind"] == "cross" and g["q_len"] == IMAGE_TOKENS and g["k_len"] == t
+            assert g["kind"] == "cross" and g["q_len"] == img and g["k_len"] == t
     if family in ("omnigen2", "boogu"):  # the caption, image refiners (and Boogu's image self-attention): dense
         assert {(q, k) for q, k, _ in log.calls} - {(g["q_len"], g["k_len"]) for g in rec.guided} <= \
             {(IMAGE_TOKENS, IMAGE_TOKENS)} | {(t, t) for t in (7, 9)}
-    if family in ("anima", "cosmos_predict2", "kandinsky5_image"):  # per visual block: self- and text cross-attention
+    if family in ("anima", "cosmos_predict2", "kandinsky5_image", "kandinsky5_video"):  # self- and text cross-attn
         calls = [c for c in log.calls if c[:2] != (7, 7) and c[:2] != (9, 9)]  # Kandinsky's text blocks: dense
         assert sorted({(q, k) for q, k, _ in calls}) == sorted(
-            {(IMAGE_TOKENS, IMAGE_TOKENS)} | {(IMAGE_TOKENS, t) for t in {g["text_len"] for g in rec.guided}})
+            {(img, img)} | {(img, t) for t in {g["text_len"] for g in rec.guided}})
         assert len(calls) == 2 * len(rec.guided)
 
 
