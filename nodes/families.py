@@ -1,4 +1,4 @@
-"""Which model families the nodes guide: one `Family` row each, recognised by class name (no ComfyUI import).
+"""Which model families the nodes guide: one `Family` row each, recognised by class lineage (no ComfyUI import).
 
 How to add a family (a row and a layout rule, never a new code path):
 1. Add a `Family(...)` row to `FAMILY_ROWS` below:
@@ -26,7 +26,11 @@ How to add a family (a row and a layout rule, never a new code path):
 2. `GuidancePatch.pass_info` (nodes/patch.py) builds the per-pass facts (`routing.PassInfo`) from the row:
    text length from `c_crossattn` (plus the net's `register_length`), image tokens from the latent and the
    net's `patch_size`; a layout that needs another fact adds a PassInfo field with a default.
-3. Test it on a tiny model of the host's own classes (tests/test_comfyui_tiny.py, CONFIGS / EXPECTED_BLOCKS).
+   Joint-sequence quirks, each read from the conditioning or the net: `text_conds`, `exact_sequence`,
+   `stream_rows` (rows packed between the text and the guided rows), `token_grid` (the latent is the token grid).
+3. Test it on a tiny model of the host's own classes (tests/test_comfyui_tiny.py, test_comfyui_joint_families.py,
+   test_comfyui_image_families.py; variants: test_comfyui_wan_variants.py; MiniMax H3: test_comfyui_minimax.py).
+   tools/coverage.py then counts its templates as guided (docs/coverage.md).
 """
 from __future__ import annotations
 
