@@ -84,6 +84,8 @@ PRESETS: dict[str, Preset] = {
         Preset("pixeldit", "PixelDiT", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
                "Pixel-space DiT: the patch blocks' joint [text | patches] attention, patch queries × text keys; the "
                "pixel blocks stay dense."),
+        Preset("cogvideox", "CogVideoX", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Joint [text | video]: video queries × text keys."),
         Preset("anima", "Anima", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
                "Cross-attention DiT (Cosmos-Predict2 blocks): text cross-attention of every block (the LLM "
                "adapter's 512 keys); self-attention stays dense."),

@@ -160,6 +160,9 @@ FAMILY_ROWS: tuple[Family, ...] = (
     # then pixel blocks attend the patches alone (dense). A prompt past txt_max_length is another length: dense.
     Family("pixeldit", "mmdit", "PixelDiT", block_ids=False, classes=("PixelDiTT2I",), nets=("PixDiT_T2I",),
            exact_sequence=True, block_counts=(("double", "patch_blocks"),)),
+    # CogVideoX (0.33): joint [text | video] without block ids (T5, padded to 226 by its tokenizer).
+    Family("cogvideox", "mmdit", "CogVideoX", block_ids=False, classes=("CogVideoX",),
+           nets=("CogVideoXTransformer3DModel",), exact_sequence=True, block_counts=(("double", "blocks"),)),
     Family("krea2", "mmdit", "Krea 2", classes=("Krea2",), nets=("SingleStreamDiT",),
            block_counts=(("single", "blocks"),)),
     Family("hidream", "mmdit", "HiDream", block_ids=False, classes=("HiDream",),

@@ -86,7 +86,7 @@ def _round_up(n: int, multiple: int) -> int:
 def add_family_facts(info: PassInfo, family, net, latent_shape, extra: dict | None) -> PassInfo:
     """`info` completed with what a family row says about its joint sequence (nodes/families.py):
     - the net's `patch` (Krea 2) or `patch_spatial` / `patch_temporal` (MiniTrainDIT) when it has no
-      `patch_size` sets the image tokens; `token_grid` rows (Ideogram 4, Lens) take a latent that is already
+      `patch_size` sets the image tokens, as the net's `patch_size_t` (CogVideoX 1.5) does; `token_grid` rows (Ideogram 4, Lens) take a latent that is already
       their token grid (2×2 patches packed into the channels): one token per latent pixel;
     - `text_conds`: conditioning entries (apply_model keywords) whose tokens are part of the text span
       (HunyuanVideo 1.5's byT5 and CLIP-vision tokens, HiDream's LLM tokens, twice per block);
@@ -104,6 +104,10 @@ def add_family_facts(info: PassInfo, family, net, latent_shape, extra: dict | No
         elif getattr(net, "patch_spatial", None):  # Cosmos-Predict2's MiniTrainDIT, Anima: (t, h, w) patches
             patch = (int(getattr(net, "patch_temporal", 1) or 1), int(net.patch_spatial), int(net.patch_spatial))
             info.image_tokens = image_token_count(latent_shape, patch)
+    p_t = getattr(net, "patch_size_t", None)
+    if p_t and isinstance(getattr(net, "patch_size", None), int) and latent_shape is not None \
+            and len(latent_shape) == 5:  # CogVideoX 1.5: frames are patched too
+        info.image_tokens = image_token_count(latent_shape, (int(p_t), net.patch_size, net.patch_size))
     if getattr(family, "token_grid", False) and latent_shape is not None and len(latent_shape) == 4:
         info.image_tokens = int(latent_shape[-2]) * int(latent_shape[-1])  # Ideogram 4, Lens: one token per pixel
     conds = extra or {}

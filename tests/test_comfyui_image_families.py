@@ -65,7 +65,13 @@ FAMILIES["pixeldit"] = ("PixelDiTT2I", "PixelDiTT2I", dict(
     txt_max_length=16), (1, 3, 16, 16), "pixeldit")
 FAMILIES["kandinsky5_video"] = ("Kandinsky5", "Kandinsky5", dict(
     FAMILIES["kandinsky5_image"][2], visual_embed_dim=132), (1, 16, 2, 8, 8), "kandinsky5")  # + image cond, mask
-TOKENS = {"kandinsky5_video": 2 * 16}  # 2 frames × 4 × 4 (others: IMAGE_TOKENS)
+_COGVIDEOX = dict(image_model="cogvideox", num_attention_heads=2, attention_head_dim=32, in_channels=16,
+                 out_channels=16, time_embed_dim=32, text_embed_dim=32, num_layers=2, sample_width=8, sample_height=8,
+                 sample_frames=5, max_text_seq_length=16, use_rotary_positional_embeddings=True)
+FAMILIES["cogvideox"] = ("CogVideoX_T2V", "CogVideoX", _COGVIDEOX, (1, 16, 2, 8, 8), "cogvideox")
+FAMILIES["cogvideox15"] = ("CogVideoX_T2V", "CogVideoX", dict(_COGVIDEOX, patch_size_t=2, sample_frames=9),
+                           (1, 16, 4, 8, 8), "cogvideox")
+TOKENS = {"kandinsky5_video": 2 * 16, "cogvideox": 2 * 16, "cogvideox15": 2 * 16}  # 2 frames × 4 × 4 (others: IMAGE_TOKENS)
 # guided blocks of one pass (no block ids on these: counted calls, double then single)
 BLOCKS = {"boogu": [("double", 0), ("single", 0)],
           "longcat": [("double", 0), ("double", 1), ("single", 0), ("single", 1)]}
@@ -135,9 +141,10 @@ def test_guides_exactly_the_intended_calls(comfy, monkeypatch, family):
         if family in ("lens", "joyimage"):  # joint [image | text]: image rows × text keys
             assert g["kind"] == "joint" and g["q_len"] == g["k_len"] == t + IMAGE_TOKENS
             assert g["text_range"] == (IMAGE_TOKENS, IMAGE_TOKENS + t) and g["guided_stop"] == IMAGE_TOKENS
-        elif family in ("mage_flow", "omnigen2", "boogu", "ideogram4", "longcat", "pixeldit"):  # [text | image]
-            assert g["kind"] == "joint" and g["q_len"] == g["k_len"] == t + IMAGE_TOKENS
-            assert g["text_range"] == (0, t) and g["guided_stop"] == t + IMAGE_TOKENS
+        elif family in ("mage_flow", "omnigen2", "boogu", "ideogram4", "longcat", "pixeldit", "cogvideox",
+                        "cogvideox15"):  # [text | image]
+            assert g["kind"] == "joint" and g["q_len"] == g["k_len"] == t + img
+            assert g["text_range"] == (0, t) and g["guided_stop"] == t + img
         else:  # cross-attention: image queries × the text keys
             assert g["kind"] == "cross" and g["q_len"] == img and g["k_len"] == t
     if family in ("omnigen2", "boogu"):  # the caption, image refiners (and Boogu's image self-attention): dense
