@@ -147,9 +147,9 @@ FAMILY_ROWS: tuple[Family, ...] = (
                ("HunyuanVideo15_SR_Distilled", "1.5 super-resolution: the same blocks; only the channels it "
                                                "concatenates to the latent differ"),
            )),
-    # HunyuanImage 2.1 (and its refiner) run HunyuanVideo's net on images: 2-D patches, [text | byT5 | image]
-    # (0.8.0: [image | text]).
-    Family("hunyuan_image21", "mmdit", "HunyuanImage 2.1", classes=("HunyuanImage21", "HunyuanImage21Refiner"),
+    # HunyuanImage 2.1 runs HunyuanVideo's net on images: 2-D patches, [text | byT5 | image] (0.8.0: [image |
+    # text]). Its refiner (HunyuanImage21Refiner, 3-D patches on a video-shaped latent) is not checked: it passes.
+    Family("hunyuan_image21", "mmdit", "HunyuanImage 2.1", classes=("HunyuanImage21",),
            nets=("HunyuanVideo",), text_order=flux_layers_text_order, text_conds=(("txt_byt5", 1),),
            exact_sequence=True, block_counts=_FLUX_BLOCKS),
     # JoyImage (0.33): double blocks joint over [target image | references | text], block ids set; reference rows
