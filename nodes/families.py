@@ -299,8 +299,9 @@ PASS_THROUGH: dict[str, str] = {
                  "route",
     "ErnieImage": "ERNIE-Image calls its attention without transformer_options (comfy/ldm/ernie/model.py), so "
                   "no attention override ever sees it",
-    "WAN21_CausalAR": "Wan causal autoregressive generation (causal forcing) samples frame blocks against a KV "
-                      "cache of earlier frames through its own sampling path, which has not been checked",
+    "WAN21_CausalAR": "Wan causal autoregressive generation (causal forcing) runs its frame blocks against a KV "
+                      "cache of earlier frames, calling its blocks without transformer_options "
+                      "(comfy/ldm/wan/ar_model.py forward_block): no attention override ever sees them",
 }
 
 
