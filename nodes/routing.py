@@ -12,8 +12,9 @@ A family row (nodes/families.py) names its layout; `route_call` dispatches on `P
 - "cross": DiT cross-attention whose keys are the text only (Wan, LTX-Video): a call with `text_len` keys and
   a query length other than the text's is the text cross-attention; self-attention (q and k lengths equal and
   the block's first call), image-conditioning cross-attention (Wan I2V's 257 CLIP tokens: another key length)
-  and queries of another stream (`dense_query_lens`, LTX-2's audio) stay dense; where the host numbers its blocks
-  only the block's first text cross-attention is guided (Wan VACE's control blocks reuse the main block's id).
+  and queries of another stream (`dense_query_lens`, LTX-2's audio) stay dense; where the host numbers its blocks,
+  a text cross-attention after the block's second self-attention is a side branch's and stays dense (Wan VACE's
+  control blocks reuse the main block's id).
 Blocks: by the ids the host sets (`block_type` / `block_index`), or, for families without ids
 (`block_ids=False`), by counting the routed calls of the pass.
 """
@@ -40,6 +41,7 @@ class PassInfo:
     dense_query_lens: tuple[int, ...] = ()  # cross: query lengths of streams that stay dense (LTX-2 audio)
     block_calls: dict = field(default_factory=dict)  # cross: attention calls seen per block id
     text_blocks: set = field(default_factory=set)  # cross: block ids whose text cross-attention was routed
+    block_selfs: dict = field(default_factory=dict)  # cross: self-attention calls seen per block id
     routed: int = 0  # calls route_call sent to guidance in this pass (the run-level "nothing guided" check)
     seq_len: int = 0  # joint: the exact length of [text | image (+ pad)]; calls of other lengths stay dense (0: any,
     # -1: none)
@@ -216,21 +218,24 @@ def route_joint(info: PassInfo, q_len: int, k_len: int, transformer_options: dic
 def route_cross(info: PassInfo, q_len: int, k_len: int, transformer_options: dict,
                 selection: BlockSelection) -> Route | None:
     """DiT cross-attention: keys = the `text_len` text tokens, queries = the latent's tokens."""
-    first = True
+    first, key = True, None
     if info.block_ids:  # the host numbers its blocks: remember which block has had its self-attention
         key = (transformer_options.get("block_type"), transformer_options.get("block_index"))
         first = info.block_calls.get(key, 0) == 0
         info.block_calls[key] = info.block_calls.get(key, 0) + 1
+        if q_len == k_len and (first or k_len != info.text_len):
+            info.block_selfs[key] = info.block_selfs.get(key, 0) + 1
     if k_len != info.text_len or q_len < max(info.image_tokens, 1):
         return None
     if q_len == k_len and (first or not info.block_ids):
         return None  # q and k of one length: self-attention unless the block already ran it
     if q_len in info.dense_query_lens and q_len != info.image_tokens:
         return None  # another stream's queries (LTX-2 audio) keep the dense output
-    if info.block_ids:  # one text cross-attention per block: a later one under the same id is a side branch's
-        key = (transformer_options.get("block_type"), transformer_options.get("block_index"))
-        if key in info.text_blocks:
-            return None  # (Wan VACE's control block runs after main block i with block_index i: dense)
+    if key is not None:  # a side branch under the block's id (Wan VACE's control block runs after main block i
+        # with block_index i) opens with a self-attention of its own: text cross-attention after a second
+        # self-attention, once the block's own text cross-attention has run, stays dense
+        if key in info.text_blocks and info.block_selfs.get(key, 0) > 1:
+            return None
         info.text_blocks.add(key)
     block = _host_block(info, transformer_options)
     if block is None or not selection.contains(*block):

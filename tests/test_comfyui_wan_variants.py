@@ -166,3 +166,17 @@ def test_a_subclass_nobody_checked_passes_through_naming_it(comfy, caplog):
         assert comfy.patch.apply_guidance(model, method="gag", scale=5.0) is model
     messages = [r.getMessage() for r in caplog.records if "not a supported model" in r.getMessage()]
     assert len(messages) == 1 and "WAN21_Unchecked is a subclass of WAN21" in messages[0]
+
+
+def test_an_i2v_shaped_variant_without_clip_vision_guides_both_text_key_calls(comfy, monkeypatch):
+    """Wan 2.1 Camera (I2V-shaped) run without CLIP vision: its image branch then reads the text rows as keys too;
+    both text-key calls of the block are the block's own (before any second self-attention) and are guided, as
+    for Wan 2.1 I2V without CLIP."""
+    model = build(comfy, "camera")
+    rec = Recorder(comfy, monkeypatch)
+    log = CallLog(comfy, monkeypatch)
+    latent = {"samples": torch.zeros((1, 16) + LATENT)}
+    comfy.nodes.common_ksampler(comfy.run_node(GAG, model=model, scale=5.0, beta=0.0), 0, 2, 2.0, "euler", "normal",
+                                variant_conditioning(None, 1), variant_conditioning(None, 2), latent, denoise=1.0)
+    text_calls = [c for c in log.calls if c[1] == TEXT and c[0] != TEXT]
+    assert len(text_calls) == 2 * 2 * 2 == len(rec.guided)  # 2 passes × 2 blocks × (image branch, text)
