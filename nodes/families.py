@@ -180,8 +180,8 @@ FAMILY_ROWS: tuple[Family, ...] = (
            block_counts=(("double", "blocks"),), modes=("t2va", "fl2va", "ref2va")),
     # Video DiTs with text cross-attention. Wan 2.1 and 2.2 A14B (T2V, I2V) are WAN21, the 5B TI2V is WAN22;
     # blocks set block_type "double" and block_index. LTX-Video (LTXV) and LTX-2 (LTXAV) set no block ids.
-    # Variants (tests/test_comfyui_wan_variants.py): the text cross-attention is guided, one per block; what each
-    # adds stays dense.
+    # Variants (tests/test_comfyui_wan_variants.py): each block's text cross-attention is guided; what each adds
+    # stays dense.
     Family("wan", "mmdit", "Wan 2.1 / 2.2", layout="cross", classes=("WAN21", "WAN22"), nets=("WanModel",),
            block_counts=(("double", "blocks"),), variants=(
                ("WAN21_Vace", "VACE: the control blocks (run after main block i under its id) stay dense"),
