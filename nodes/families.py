@@ -77,7 +77,8 @@ _FLUX_BLOCKS = (("double", "double_blocks"), ("single", "single_blocks"))
 
 def reference_rows(conds: dict, net=None) -> int:
     """OmniGen2 / Boogu: rows of the reference images packed between the text and the target image
-    ([text | references | image]): ⌈h/p⌉·⌈w/p⌉ per `ref_latents` entry (B, C, h, w), p = the net's patch size."""
+    ([text | references | image]): ⌈h/p⌉·⌈w/p⌉ per `ref_latents` entry (B, C, h, w), p = the net's patch
+    size."""
     p = max(int(getattr(net, "patch_size", 2) or 2), 1)
     return sum(-(-int(r.shape[-2]) // p) * -(-int(r.shape[-1]) // p) for r in conds.get("ref_latents") or ()
                if getattr(r, "ndim", 0) >= 4)

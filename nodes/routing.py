@@ -88,8 +88,9 @@ def _round_up(n: int, multiple: int) -> int:
 def add_family_facts(info: PassInfo, family, net, latent_shape, extra: dict | None) -> PassInfo:
     """`info` completed with what a family row says about its joint sequence (nodes/families.py):
     - the net's `patch` (Krea 2) or `patch_spatial` / `patch_temporal` (MiniTrainDIT) when it has no
-      `patch_size` sets the image tokens, as the net's `patch_size_t` (CogVideoX 1.5) does; `token_grid` rows (Ideogram 4, Lens) take a latent that is already
-      their token grid (2×2 patches packed into the channels): one token per latent pixel;
+      `patch_size` sets the image tokens, as the net's `patch_size_t` (CogVideoX 1.5) does; `token_grid` rows
+      (Ideogram 4, Lens) take a latent that is already their token grid (2×2 patches packed into the channels):
+      one token per latent pixel;
     - `text_conds`: conditioning entries (apply_model keywords) whose tokens are part of the text span
       (HunyuanVideo 1.5's byT5 and CLIP-vision tokens, HiDream's LLM tokens, twice per block);
     - the net's `pad_tokens_multiple` (Z-Image): caption and image are each padded up to a multiple;

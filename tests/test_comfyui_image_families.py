@@ -32,8 +32,8 @@ FAMILIES = {
     "cosmos_predict2": ("CosmosT2IPredict2", "CosmosPredict2", dict(image_model="cosmos_predict2", **MINI_TRAIN_DIT),
                         (1, 16, 1, 8, 8), "cosmos_predict2"),
 }
-OMNIGEN = dict(patch_size=2, in_channels=16, hidden_size=64, num_refiner_layers=1, num_attention_heads=2, num_kv_heads=1,
-               multiple_of=16, axes_dim_rope=(8, 12, 12), axes_lens=(300, 512, 512))
+OMNIGEN = dict(patch_size=2, in_channels=16, hidden_size=64, num_refiner_layers=1, num_attention_heads=2,
+               num_kv_heads=1, multiple_of=16, axes_dim_rope=(8, 12, 12), axes_lens=(300, 512, 512))
 FAMILIES.update({
     "omnigen2": ("Omnigen2", "Omnigen2", dict(image_model="omnigen2", num_layers=2, text_feat_dim=32, **OMNIGEN),
                  (1, 16, 8, 8), "omnigen2"),
@@ -71,7 +71,8 @@ _COGVIDEOX = dict(image_model="cogvideox", num_attention_heads=2, attention_head
 FAMILIES["cogvideox"] = ("CogVideoX_T2V", "CogVideoX", _COGVIDEOX, (1, 16, 2, 8, 8), "cogvideox")
 FAMILIES["cogvideox15"] = ("CogVideoX_T2V", "CogVideoX", dict(_COGVIDEOX, patch_size_t=2, sample_frames=9),
                            (1, 16, 4, 8, 8), "cogvideox")
-TOKENS = {"kandinsky5_video": 2 * 16, "cogvideox": 2 * 16, "cogvideox15": 2 * 16}  # 2 frames × 4 × 4 (others: IMAGE_TOKENS)
+# 2 frames × 4 × 4 (others: IMAGE_TOKENS)
+TOKENS = {"kandinsky5_video": 2 * 16, "cogvideox": 2 * 16, "cogvideox15": 2 * 16}
 # guided blocks of one pass (no block ids on these: counted calls, double then single)
 BLOCKS = {"boogu": [("double", 0), ("single", 0)],
           "longcat": [("double", 0), ("double", 1), ("single", 0), ("single", 1)]}
@@ -108,7 +109,7 @@ def conditioning(family: str, length: int, seed: int, reference=None):
         extra["pooled_output"] = None
     if family.startswith("kandinsky5"):  # the pooled CLIP vector
         extra["pooled_output"] = torch.randn(1, 32, generator=gen)
-    if family in ("omnigen2", "boogu", "ideogram4"):  # their encoder hands a mask (all ones here): the net reads num_tokens
+    if family in ("omnigen2", "boogu", "ideogram4"):  # their encoder hands a mask (all ones here): num_tokens
         extra["attention_mask"] = torch.ones(1, length, dtype=torch.long)
     return [[torch.randn(1, length, 32, generator=gen), extra]]
 
@@ -116,7 +117,8 @@ def conditioning(family: str, length: int, seed: int, reference=None):
 def sample(comfy, model, family: str, reference=None):
     shape = FAMILIES[family][3]
     out = comfy.nodes.common_ksampler(model, 0, 2, 2.0, "euler", "normal", conditioning(family, 7, 1, reference),
-                                      conditioning(family, 9, 2, reference), {"samples": torch.zeros(shape)}, denoise=1.0)
+                                      conditioning(family, 9, 2, reference), {"samples": torch.zeros(shape)},
+                                      denoise=1.0)
     return out[0]["samples"]
 
 

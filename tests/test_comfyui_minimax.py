@@ -43,7 +43,7 @@ def mode_conds(mode: str):
             {"resolved_frame_index": 0, "latent": _latent(g, 1, 24, 1, 4, 4)},
             {"resolved_frame_index": 8, "latent": _latent(g, 1, 24, 1, 4, 4),
              "audio_latent": _latent(g, 1, 32, 2, 3)}]}, 4 + 4 + 6
-    if mode == "ref2va":  # an image (8 × 4 latent: 4 × 2 rows), an audio (5 frames: 10 rows), a video (2 × 2·2 rows)
+    if mode == "ref2va":  # image (8 × 4 latent: 4 × 2 rows), audio (5 frames: 10 rows), video (2 × 2·2 rows)
         return {"minimax_refs": [
             {"kind": "image", "latent_h": 8, "latent_w": 4, "latent": _latent(g, 1, 24, 1, 8, 4)},
             {"kind": "audio", "ref_audio_t": 5, "audio_latent": _latent(g, 1, 32, 2, 5)},
