@@ -76,6 +76,37 @@ PRESETS: dict[str, Preset] = {
         Preset("wan", "Wan 2.1 / 2.2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
                "Video: text cross-attention of every block (umT5, 512 keys); self-attention and the I2V image "
                "cross-attention stay dense.", source=_RULE),
+        Preset("omnigen2", "OmniGen2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Single stream [text | references | image]: image queries × text keys; reference rows stay dense.",
+               source=_RULE),
+        Preset("boogu", "Boogu", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "OmniGen2-style [text | references | image], double- then single-stream blocks: image queries × "
+               "text keys; reference rows and the image-only self-attention stay dense.", source=_RULE),
+        Preset("ideogram4", "Ideogram 4", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Single stream [text | image]: image queries × text keys; the image-only unconditional pass runs "
+               "dense.", source=_RULE),
+        Preset("kandinsky5", "Kandinsky 5", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Cross-attention DiT (video and image): text cross-attention of every visual block; the text blocks "
+               "and self-attention stay dense.", source=_RULE),
+        Preset("lens", "Lens", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Dual-stream MMDiT [image | text]: image queries × text keys; padded text stays masked.", source=_RULE),
+        Preset("hunyuan_image21", "HunyuanImage 2.1", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0,
+               (2.0, 10.0), (0.0, 0.3), "HunyuanVideo's joint blocks on images: image queries × the LLM and byT5 "
+               "text keys.", source=_RULE),
+        Preset("joyimage", "JoyImage", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Joint [image | references | text]: target image queries × text keys; reference rows stay dense.",
+               source=_RULE),
+        Preset("pixeldit", "PixelDiT", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Pixel-space DiT: the patch blocks' joint [text | patches] attention, patch queries × text keys; the "
+               "pixel blocks stay dense.", source=_RULE),
+        Preset("cogvideox", "CogVideoX", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Joint [text | video]: video queries × text keys.", source=_RULE),
+        Preset("anima", "Anima", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
+               "Cross-attention DiT (Cosmos-Predict2 blocks): text cross-attention of every block (the LLM "
+               "adapter's 512 keys); self-attention stays dense.", source=_RULE),
+        Preset("cosmos_predict2", "Cosmos-Predict2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0),
+               (0.0, 0.3), "Cross-attention DiT: text cross-attention of every block; self-attention stays dense.",
+               source=_RULE),
         Preset("ltxv", "LTX-Video / LTX-2", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0), (0.0, 0.3),
                "Video: video-query × text-key cross-attention of every block; LTX-2's audio queries stay dense.",
                source=_RULE),
@@ -90,9 +121,10 @@ PRESETS: dict[str, Preset] = {
                "Single stream [text | image | reference]; reference rows stay dense.", source=_RULE),
         Preset("hidream", "HiDream", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double,single", 2.0, (2.0, 10.0), (0.0, 0.3),
                "Joint [image | T5 + LLM]: the whole text block of each layer is the text span.", source=_RULE),
-        Preset("minimax_h3", "MiniMax H3 (text-to-video)", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0),
-               (0.0, 0.3), "Packed [text | audio | video]: video queries × text keys; audio rows stay dense. "
-               "Keyframe and reference modes pass unguided.", source=_RULE),
+        Preset("minimax_h3", "MiniMax H3", 5.0, 0.0, 15.0, 1.5, 0.0, 1.0, "double", 2.0, (2.0, 10.0),
+               (0.0, 0.3), "Text-, image- (keyframe) and reference-to-video: target video queries × text keys "
+               "(Qwen3-VL vision tokens of the prompt included); keyframe, reference and audio rows stay dense.",
+               source=_RULE),
     )
 }
 

@@ -12,7 +12,9 @@ A family row (nodes/families.py) names its layout; `route_call` dispatches on `P
 - "cross": DiT cross-attention whose keys are the text only (Wan, LTX-Video): a call with `text_len` keys and
   a query length other than the text's is the text cross-attention; self-attention (q and k lengths equal and
   the block's first call), image-conditioning cross-attention (Wan I2V's 257 CLIP tokens: another key length)
-  and queries of another stream (`dense_query_lens`, LTX-2's audio) stay dense.
+  and queries of another stream (`dense_query_lens`, LTX-2's audio) stay dense; where the host numbers its blocks,
+  a text cross-attention after the block's second self-attention is a side branch's and stays dense (Wan VACE's
+  control blocks reuse the main block's id).
 Blocks: by the ids the host sets (`block_type` / `block_index`), or, for families without ids
 (`block_ids=False`), by counting the routed calls of the pass.
 """
@@ -38,8 +40,11 @@ class PassInfo:
     text_order: str = "first"  # joint: text before ("first") or after ("last") the image tokens
     dense_query_lens: tuple[int, ...] = ()  # cross: query lengths of streams that stay dense (LTX-2 audio)
     block_calls: dict = field(default_factory=dict)  # cross: attention calls seen per block id
+    text_blocks: set = field(default_factory=set)  # cross: block ids whose text cross-attention was routed
+    block_selfs: dict = field(default_factory=dict)  # cross: self-attention calls seen per block id
     routed: int = 0  # calls route_call sent to guidance in this pass (the run-level "nothing guided" check)
-    seq_len: int = 0  # joint: the exact length of [text | image (+ pad)]; calls of other lengths stay dense (0: any)
+    seq_len: int = 0  # joint: the exact length of [text | image (+ pad)]; calls of other lengths stay dense (0: any,
+    # -1: none)
     call_groups: tuple[tuple[str, int], ...] = ()  # no block ids: (group, block count) in call order (HiDream)
     stream_tokens: int = 0  # joint: tokens of other latent streams packed between text and image (kept dense)
 
@@ -82,7 +87,10 @@ def _round_up(n: int, multiple: int) -> int:
 
 def add_family_facts(info: PassInfo, family, net, latent_shape, extra: dict | None) -> PassInfo:
     """`info` completed with what a family row says about its joint sequence (nodes/families.py):
-    - the net's `patch` when it has no `patch_size` (Krea 2) sets the image tokens;
+    - the net's `patch` (Krea 2) or `patch_spatial` / `patch_temporal` (MiniTrainDIT) when it has no
+      `patch_size` sets the image tokens, as the net's `patch_size_t` (CogVideoX 1.5) does; `token_grid` rows
+      (Ideogram 4, Lens) take a latent that is already their token grid (2×2 patches packed into the channels):
+      one token per latent pixel;
     - `text_conds`: conditioning entries (apply_model keywords) whose tokens are part of the text span
       (HunyuanVideo 1.5's byT5 and CLIP-vision tokens, HiDream's LLM tokens, twice per block);
     - the net's `pad_tokens_multiple` (Z-Image): caption and image are each padded up to a multiple;
@@ -90,20 +98,32 @@ def add_family_facts(info: PassInfo, family, net, latent_shape, extra: dict | No
       reference images: Z-Image Omni, HunyuanVideo's ref_latent, HiDream E1) stay dense;
     - `text_order` may be a callable(net) (HunyuanVideo: [image | text] on ComfyUI 0.8, [text | image] later);
     - without block ids, `block_counts` pairs number the counted calls group by group (HiDream);
-    - `stream_rows`: callable(latent_shapes) -> rows of the other latent streams packed between the text and
-      the image (MiniMax H3's target audio); they keep the dense output."""
-    if getattr(net, "patch_size", None) is None and getattr(net, "patch", None) and latent_shape is not None:
-        info.image_tokens = image_token_count(latent_shape, net.patch)
+    - `stream_rows`: callable(conditioning) -> rows packed between the text and the guided image rows (MiniMax
+      H3's keyframe rows or reference blocks and target audio, read from the host's segment table); they keep
+      the dense output; None = unreadable: seq_len −1, no call is routed."""
+    if getattr(net, "patch_size", None) is None and latent_shape is not None:
+        if getattr(net, "patch", None):  # Krea 2
+            info.image_tokens = image_token_count(latent_shape, net.patch)
+        elif getattr(net, "patch_spatial", None):  # Cosmos-Predict2's MiniTrainDIT, Anima: (t, h, w) patches
+            patch = (int(getattr(net, "patch_temporal", 1) or 1), int(net.patch_spatial), int(net.patch_spatial))
+            info.image_tokens = image_token_count(latent_shape, patch)
+    p_t = getattr(net, "patch_size_t", None)
+    if p_t and isinstance(getattr(net, "patch_size", None), int) and latent_shape is not None \
+            and len(latent_shape) == 5:  # CogVideoX 1.5: frames are patched too
+        info.image_tokens = image_token_count(latent_shape, (int(p_t), net.patch_size, net.patch_size))
+    if getattr(family, "token_grid", False) and latent_shape is not None and len(latent_shape) == 4:
+        info.image_tokens = int(latent_shape[-2]) * int(latent_shape[-1])  # Ideogram 4, Lens: one token per pixel
     conds = extra or {}
     info.text_len += sum(n * _cond_tokens(conds.get(name)) for name, n in getattr(family, "text_conds", ()))
     multiple = int(getattr(net, "pad_tokens_multiple", 0) or 0)
     info.text_len = _round_up(info.text_len, multiple)
     streams = getattr(family, "stream_rows", None)
-    shapes = conds.get("latent_shapes")
-    if streams is not None and isinstance(shapes, (list, tuple)) and len(shapes) > 1:
-        info.stream_tokens = int(streams(shapes))  # e.g. MiniMax H3: [text | target audio | target video]
+    rows = 0 if streams is None else streams(conds, net)  # e.g. MiniMax H3: [text | cond / refs | audio | video]
+    info.stream_tokens = int(rows or 0)
     if getattr(family, "exact_sequence", False) and info.image_tokens > 0:
         info.seq_len = info.text_len + info.stream_tokens + _round_up(info.image_tokens, multiple)
+    if rows is None:
+        info.seq_len = -1  # a packed layout the row cannot read: no call matches, the pass stays dense
     if callable(family.text_order):
         info.text_order = family.text_order(net)
     counts = family.block_counts
@@ -124,9 +144,9 @@ def _host_block(info: PassInfo, transformer_options: dict) -> tuple[str, int] | 
     """The block id the host set (`block_type`, `block_index`), or the count of routed calls without ids."""
     if info.block_ids:
         group, index = transformer_options.get("block_type"), transformer_options.get("block_index")
-        if group is None or index is None:
+        if index is None:
             return None
-        return str(group), int(index)
+        return str(group or "double"), int(index)  # Cosmos-Predict2 / Anima set block_index only
     index = info.joint_calls
     info.joint_calls += 1
     if not info.call_groups:
@@ -199,17 +219,25 @@ def route_joint(info: PassInfo, q_len: int, k_len: int, transformer_options: dic
 def route_cross(info: PassInfo, q_len: int, k_len: int, transformer_options: dict,
                 selection: BlockSelection) -> Route | None:
     """DiT cross-attention: keys = the `text_len` text tokens, queries = the latent's tokens."""
-    first = True
+    first, key = True, None
     if info.block_ids:  # the host numbers its blocks: remember which block has had its self-attention
         key = (transformer_options.get("block_type"), transformer_options.get("block_index"))
         first = info.block_calls.get(key, 0) == 0
         info.block_calls[key] = info.block_calls.get(key, 0) + 1
+        if q_len == k_len and (first or k_len != info.text_len):
+            info.block_selfs[key] = info.block_selfs.get(key, 0) + 1
     if k_len != info.text_len or q_len < max(info.image_tokens, 1):
         return None
     if q_len == k_len and (first or not info.block_ids):
         return None  # q and k of one length: self-attention unless the block already ran it
     if q_len in info.dense_query_lens and q_len != info.image_tokens:
         return None  # another stream's queries (LTX-2 audio) keep the dense output
+    if key is not None:  # a side branch under the block's id (Wan VACE's control block runs after main block i
+        # with block_index i) opens with a self-attention of its own: text cross-attention after a second
+        # self-attention, once the block's own text cross-attention has run, stays dense
+        if key in info.text_blocks and info.block_selfs.get(key, 0) > 1:
+            return None
+        info.text_blocks.add(key)
     block = _host_block(info, transformer_options)
     if block is None or not selection.contains(*block):
         return None

@@ -29,6 +29,7 @@ WORKFLOW_FAMILY = {
     "gag_zimage_turbo.json": "zimage",
     "gag_flux2_klein.json": "flux2",
     "gag_wan22_t2v.json": "wan",
+    "gag_minimax_h3_i2v.json": "minimax_h3",
 }
 GUIDANCE_NODES = ("GeometryAwareAttentionGuidance", "GeometryAwareAttentionGuidanceAdvanced", "PLADISGuidance")
 # Node types that exist only in the front end (never sent to the server).
@@ -51,6 +52,8 @@ MODEL_INPUT_FOLDERS = {
     ("CLIPLoader", "clip_name"): "text_encoders",
     ("VAELoader", "vae_name"): "vae",
 }
+# (node type, widget) naming a file of the host's input folder (the user's own image): any file name fits.
+INPUT_FILE_WIDGETS = frozenset({("LoadImage", "image")})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -155,6 +158,9 @@ def _layout(specs, values, pos: int, layout: list) -> int:
         if spec.has_control:
             layout.append((spec, "control"))
             pos += 1
+        if spec.options.get("image_upload"):  # LoadImage: the front end's upload button stores a value too
+            layout.append((spec, "upload"))
+            pos += 1
         nested = spec.option_inputs(value)
         if nested:
             pos = _layout(input_specs({"inputs": nested}, spec.name + "."), values, pos, layout)
@@ -162,7 +168,7 @@ def _layout(specs, values, pos: int, layout: list) -> int:
 
 
 def widget_layout(info: dict, values=()) -> list[tuple[InputSpec, str]]:
-    """One entry per widgets_values slot: (input, "value") or (input, "control"); `values` (the saved
+    """One entry per widgets_values slot: (input, "value"), (input, "control") or (input, "upload"); `values` (the saved
     widgets_values) picks the inputs of dynamic combos."""
     layout = []
     _layout(input_specs(info), list(values or ()), 0, layout)
@@ -239,6 +245,10 @@ def widget_problems(node: dict, info: dict) -> list[str]:
         if kind == "control":
             if value not in CONTROL_VALUES:
                 problems.append(f"{spec.name} control={value!r} not in {CONTROL_VALUES}")
+            continue
+        if kind == "upload" or (node["type"], spec.name) in INPUT_FILE_WIDGETS:
+            if not isinstance(value, str) or not value:
+                problems.append(f"{spec.name}={value!r} is not a file name")
             continue
         allowed = names if (node["type"], spec.name) in MODEL_INPUT_FOLDERS else frozenset()
         problem = value_problem(spec, value, allowed)
@@ -613,7 +623,7 @@ def snapshot_entry(node_type: str, info: dict) -> dict:
             kind = raw[0]
             if opts is not None:
                 opts = {k: v for k, v in opts.items() if k != "tooltip"}
-            if (node_type, name) in MODEL_INPUT_FOLDERS:
+            if (node_type, name) in MODEL_INPUT_FOLDERS or (node_type, name) in INPUT_FILE_WIDGETS:
                 if isinstance(kind, list):
                     kind = []
                 elif opts is not None and "options" in opts:
@@ -645,24 +655,59 @@ def snapshot_object_info() -> dict:
         return json.load(f)["nodes"]
 
 
-def write_snapshot() -> None:
-    """Regenerate workflow_object_info.json from the host at COMFYUI_PATH (model file lists left empty)."""
+def write_snapshot(add_missing: bool = False) -> None:
+    """Regenerate workflow_object_info.json from the host at COMFYUI_PATH (model file lists left empty). With
+    `add_missing`, keep the snapshot and add only what a workflow for a newer host needs (MiniMax H3's on 0.33):
+    the node types the snapshot lacks, and those whose entry rejects that workflow's values (CLIPLoader's
+    "minimax"), noting in `added_from` which host each came from."""
     info = host_object_info(used_node_types())
     import comfyui_version  # ComfyUI's (on sys.path now)
 
+    version = comfyui_version.__version__
+    nodes, added, base = {t: snapshot_entry(t, i) for t, i in info.items()}, {}, version
+    if add_missing and SNAPSHOT_PATH.exists():
+        with open(SNAPSHOT_PATH, encoding="utf-8") as f:
+            old = json.load(f)
+        base, added = old["comfyui_version"], dict(old.get("added_from", {}))
+        newer = {t: e for t, e in nodes.items() if t not in old["nodes"]}
+        for path in workflow_paths():  # a newer host's workflow: types whose old entry rejects its values too
+            wf = load_workflow(path)
+            if not missing_node_types(wf, old["nodes"]):
+                continue
+            for node in wf["nodes"]:
+                t = node["type"]
+                if t in old["nodes"] and t in nodes and widget_problems(node, old["nodes"][t]) \
+                        and not widget_problems(node, nodes[t]):
+                    newer[t] = nodes[t]
+        nodes = dict(old["nodes"], **newer)
+        added.update({t: version for t in newer})
     data = {"comment": "Node schemas (/object_info) of the node types the bundled workflows use, from ComfyUI "
-                       f"{comfyui_version.__version__} and this pack. Regenerate: COMFYUI_PATH=... "
-                       "python tests/workflow_utils.py --write-snapshot",
-            "comfyui_version": comfyui_version.__version__,
-            "nodes": {t: snapshot_entry(t, i) for t, i in sorted(info.items())}}
+                       f"{base} and this pack (types in added_from: from that newer host). Regenerate: "
+                       "COMFYUI_PATH=... python tests/workflow_utils.py --write-snapshot [--add-missing]",
+            "comfyui_version": base,
+            "nodes": {t: e for t, e in sorted(nodes.items())}}
+    if added:
+        data["added_from"] = dict(sorted(added.items()))
     with open(SNAPSHOT_PATH, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, ensure_ascii=False)
         f.write("\n")
 
 
+def newer_host_types() -> dict:
+    """Node types of the snapshot that come from a newer host than its base (type -> that host's version)."""
+    with open(SNAPSHOT_PATH, encoding="utf-8") as f:
+        return json.load(f).get("added_from", {})
+
+
+def missing_node_types(workflow: dict, available) -> list[str]:
+    """Node types of `workflow` that a host with node types `available` lacks (a workflow for a newer host)."""
+    return sorted({n["type"] for n in workflow["nodes"]} - set(available) - FRONTEND_ONLY)
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--write-snapshot"]:
-        sys.exit("usage: COMFYUI_PATH=/path/to/ComfyUI python tests/workflow_utils.py --write-snapshot")
+    if sys.argv[1:2] != ["--write-snapshot"] or sys.argv[2:] not in ([], ["--add-missing"]):
+        sys.exit("usage: COMFYUI_PATH=/path/to/ComfyUI python tests/workflow_utils.py --write-snapshot "
+                 "[--add-missing]")
     sys.path.insert(0, str(Path(__file__).parent))
-    write_snapshot()
+    write_snapshot(add_missing=sys.argv[2:] == ["--add-missing"])
     print(f"wrote {SNAPSHOT_PATH}")
