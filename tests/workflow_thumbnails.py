@@ -23,6 +23,7 @@ TITLES = {
     "gag_flux2_klein.json": "FLUX.2 [klein] 4B",
     "gag_zimage_turbo.json": "Z-Image Turbo",
     "gag_wan22_t2v.json": "Wan 2.2 5B, text to video",
+    "gag_minimax_h3_i2v.json": "MiniMax H3, image to video",
 }
 GUIDANCE = ("GeometryAwareAttentionGuidance", "GeometryAwareAttentionGuidanceAdvanced")
 LOADERS = ("CheckpointLoaderSimple", "UNETLoader")
