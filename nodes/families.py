@@ -23,12 +23,9 @@ How to add a family (a row and a layout rule, never a new code path):
      block count, numbered 0 … n−1 as the host's `block_index`), e.g. `(("double", "blocks"),)` for Wan, or a
      callable(net) -> {group: block numbers} (`blocks.unet_attention_blocks`). Leave it empty when unsure:
      any number is then accepted, and a sampling run that guides nothing logs a warning saying why.
-2. `GuidancePatch.pass_info` (nodes/patch.py) builds the facts every layout shares (`routing.PassInfo`): text
-   length from `c_crossattn` (plus the net's `register_length`), image tokens from the latent and the net's
-   `patch_size` (or the row's `patch`), the `text_conds` tokens; `routing.add_family_facts` then builds the
-   layout's own object for the pass from the row (`LAYOUTS[layout].of`): a quirk is data on the row (`patch`,
-   `text_conds`, `exact_sequence`, `text_order`) or a small function it names (`stream_rows`), never a
-   PassInfo field.
+2. `GuidancePatch.pass_info` (nodes/patch.py) and `routing.add_family_facts` build the shared facts (`PassInfo`)
+   and the layout's own object for the pass (`LAYOUTS[...].of`) from the row: a quirk is data on the row (`patch`,
+   `text_conds`, `exact_sequence`, `text_order`) or a function it names (`stream_rows`), never a PassInfo field.
 3. Test it on a tiny model of the host's own classes (tests/test_comfyui_tiny.py, test_comfyui_joint_families.py,
    test_comfyui_image_families.py; variants: test_comfyui_wan_variants.py; MiniMax H3: test_comfyui_minimax.py).
    tools/coverage.py then counts its templates as guided (docs/coverage.md).
@@ -64,9 +61,8 @@ class Family:
     stream_rows: Callable | None = None
     variants: tuple[tuple[str, str], ...] = ()  # (checked subclass of `classes`, what it guides / keeps dense)
     modes: tuple[str, ...] = ()  # conditioning modes guided (coverage accounting); () = every mode
-    # image tokens: the net attributes of its patch, (p,) or (p_t, p, p), or a number (1: the latent is its token
-    # grid, patches packed in its channels); () = the net's `patch_size`
-    patch: tuple[str, ...] | int = ()
+    # image tokens: by the net's attributes (p,) or (p_t, p, p), or a number (1: the latent is its token grid)
+    patch: tuple[str, ...] | int = ()  # () = by the net's `patch_size`
 
     @property
     def rule(self) -> str:
@@ -165,10 +161,10 @@ FAMILY_ROWS: tuple[Family, ...] = (
     # then pixel blocks attend the patches alone (dense). A prompt past txt_max_length is another length: dense.
     Family("pixeldit", "mmdit", "PixelDiT", block_ids=False, classes=("PixelDiTT2I",), nets=("PixDiT_T2I",),
            exact_sequence=True, block_counts=(("double", "patch_blocks"),)),
-    # CogVideoX (0.33): joint [text | video] without block ids (T5, padded to 226 by its tokenizer).
+    # CogVideoX (0.33): joint [text | video] without block ids (T5, padded to 226); 1.5 patches frames too.
     Family("cogvideox", "mmdit", "CogVideoX", block_ids=False, classes=("CogVideoX",),
            nets=("CogVideoXTransformer3DModel",), exact_sequence=True, block_counts=(("double", "blocks"),),
-           patch=("patch_size_t", "patch_size", "patch_size")),  # 1.5 patches the frames too
+           patch=("patch_size_t", "patch_size", "patch_size")),
     Family("krea2", "mmdit", "Krea 2", classes=("Krea2",), nets=("SingleStreamDiT",), patch=("patch",),
            block_counts=(("single", "blocks"),)),
     Family("hidream", "mmdit", "HiDream", block_ids=False, classes=("HiDream",),
@@ -234,9 +230,8 @@ FAMILY_ROWS: tuple[Family, ...] = (
            patch=_MINI_TRAIN_PATCH, block_counts=(("double", "blocks"),)),
     # 0.8.0's MiniTrainDIT sets no block ids: Cosmos-Predict2's calls are counted (self-attention: q, k of one
     # length; a text exactly as long as the image would read as self-attention there and stay dense).
-    Family("cosmos_predict2", "mmdit", "Cosmos-Predict2", layout="cross", block_ids=False,
-           classes=("CosmosPredict2",), nets=("MiniTrainDIT",), patch=_MINI_TRAIN_PATCH,
-           block_counts=(("double", "blocks"),)),
+    Family("cosmos_predict2", "mmdit", "Cosmos-Predict2", layout="cross", block_ids=False, patch=_MINI_TRAIN_PATCH,
+           classes=("CosmosPredict2",), nets=("MiniTrainDIT",), block_counts=(("double", "blocks"),)),
     Family("ltxv", "mmdit", "LTX-Video / LTX-2", layout="cross", block_ids=False, classes=("LTXV", "LTXAV"),
            nets=("LTXVModel", "LTXAVModel"), block_counts=(("double", "transformer_blocks"),)),
 )

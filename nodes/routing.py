@@ -65,13 +65,10 @@ def _cond_tokens(value) -> int:
     return int(shape[-2]) if shape is not None and len(shape) >= 3 else 0
 
 
-def _round_up(n: int, multiple: int) -> int:
+def _padded(n: int, net) -> int:
+    """`n` tokens padded up to the net's `pad_tokens_multiple` (Z-Image pads caption and image to 32)."""
+    multiple = int(getattr(net, "pad_tokens_multiple", 0) or 0)
     return -(-n // multiple) * multiple if multiple > 1 else n
-
-
-def _pad_multiple(net) -> int:
-    """The multiple the net pads caption and image up to (Z-Image's `pad_tokens_multiple`), 0 for none."""
-    return int(getattr(net, "pad_tokens_multiple", 0) or 0)
 
 
 def add_family_facts(info: PassInfo, family, net, latent_shape, extra: dict | None) -> PassInfo:
@@ -84,7 +81,7 @@ def add_family_facts(info: PassInfo, family, net, latent_shape, extra: dict | No
         patch = patch if isinstance(patch, int) else tuple(getattr(net, name, None) or 1 for name in patch)
         info.image_tokens = image_token_count(latent_shape, patch)
     info.text_len += sum(n * _cond_tokens(conds.get(name)) for name, n in family.text_conds)
-    info.text_len = _round_up(info.text_len, _pad_multiple(net))
+    info.text_len = _padded(info.text_len, net)
     if not family.block_ids and counts and not callable(counts) and len(counts) > 1:
         try:
             info.call_groups = tuple((group, len(getattr(net, attr))) for group, attr in counts)
@@ -141,8 +138,7 @@ class Layout:
     def of(cls, family, net, info: PassInfo, conds: dict) -> Layout:
         return cls()  # the state of a pass of `family` from its row, net, shared facts and conditioning
 
-    def route(self, info: PassInfo, q_len: int, k_len: int, transformer_options: dict,
-              selection: BlockSelection) -> Route | None:
+    def route(self, info: PassInfo, q_len: int, k_len: int, options: dict, selection: BlockSelection) -> Route | None:
         return None  # the Route of a call with q_len queries and k_len keys, or None to leave it dense
 
 
@@ -181,7 +177,7 @@ class Joint(Layout):
         order = family.text_order(net) if callable(family.text_order) else family.text_order
         seq_len = 0
         if family.exact_sequence and info.image_tokens > 0:
-            seq_len = info.text_len + int(rows) + _round_up(info.image_tokens, _pad_multiple(net))
+            seq_len = info.text_len + int(rows) + _padded(info.image_tokens, net)
         return cls(order, seq_len, int(rows))
 
     def route(self, info, q_len, k_len, transformer_options, selection):
@@ -217,8 +213,7 @@ class Cross(Layout):
     branch's (Wan VACE's control blocks reuse the main block's id) and stays dense."""
 
     dense_query_lens: tuple[int, ...] = ()  # query lengths of the other latent streams x packs (LTX-2's audio)
-    seen: set = field(default_factory=set)  # host block ids that have had a call
-    selfs: dict = field(default_factory=dict)  # host block id -> self-attention calls seen
+    selfs: dict = field(default_factory=dict)  # host block id (once it had a call) -> its self-attentions so far
     texts: set = field(default_factory=set)  # host block ids whose text cross-attention was routed
 
     @classmethod
@@ -233,10 +228,8 @@ class Cross(Layout):
         first, key = True, None
         if info.block_ids:  # the host numbers its blocks: remember which block has had its self-attention
             key = (transformer_options.get("block_type"), transformer_options.get("block_index"))
-            first = key not in self.seen
-            self.seen.add(key)
-            if q_len == k_len and (first or k_len != info.text_len):
-                self.selfs[key] = self.selfs.get(key, 0) + 1
+            first = key not in self.selfs
+            self.selfs[key] = self.selfs.get(key, 0) + (q_len == k_len and (first or k_len != info.text_len))
         if k_len != info.text_len or q_len < max(info.image_tokens, 1):
             return None
         if q_len == k_len and (first or not info.block_ids):
