@@ -8,7 +8,7 @@ How to add a family (a row and a layout rule, never a new code path):
    - `layout`: the name of the routing rule in `routing.LAYOUTS` that picks the guided calls and their text
      span: "unet" (UNet attn2), "mmdit" (joint [text | image | reference] or, with `text_order="last"`,
      [image | text]), "cross" (DiT cross-attention: keys = the text only, e.g. Wan, LTX-Video);
-     a new layout is one function in routing.py registered in `routing.LAYOUTS`;
+     a new layout is one class in routing.py (its per-pass state and rule) registered in `routing.LAYOUTS`;
    - `classes`: exact comfy.model_base class names (a subclass can change the layout: list it only when tested);
    - `variants`: subclasses of those classes the host ships, each checked by a tiny-model test, as
      (class name, what is guided and what stays dense); a subclass in no row and not in `PASS_THROUGH` passes
@@ -23,11 +23,9 @@ How to add a family (a row and a layout rule, never a new code path):
      block count, numbered 0 … n−1 as the host's `block_index`), e.g. `(("double", "blocks"),)` for Wan, or a
      callable(net) -> {group: block numbers} (`blocks.unet_attention_blocks`). Leave it empty when unsure:
      any number is then accepted, and a sampling run that guides nothing logs a warning saying why.
-2. `GuidancePatch.pass_info` (nodes/patch.py) builds the per-pass facts (`routing.PassInfo`) from the row:
-   text length from `c_crossattn` (plus the net's `register_length`), image tokens from the latent and the
-   net's `patch_size`; a layout that needs another fact adds a PassInfo field with a default.
-   Joint-sequence quirks, each read from the conditioning or the net: `text_conds`, `exact_sequence`,
-   `stream_rows` (rows packed between the text and the guided rows), `token_grid` (the latent is the token grid).
+2. `GuidancePatch.pass_info` (nodes/patch.py) and `routing.add_family_facts` build the shared facts (`PassInfo`)
+   and the layout's own object for the pass (`LAYOUTS[...].of`) from the row: a quirk is data on the row (`patch`,
+   `text_conds`, `exact_sequence`, `text_order`) or a function it names (`stream_rows`), never a PassInfo field.
 3. Test it on a tiny model of the host's own classes (tests/test_comfyui_tiny.py, test_comfyui_joint_families.py,
    test_comfyui_image_families.py; variants: test_comfyui_wan_variants.py; MiniMax H3: test_comfyui_minimax.py).
    tools/coverage.py then counts its templates as guided (docs/coverage.md).
@@ -63,7 +61,8 @@ class Family:
     stream_rows: Callable | None = None
     variants: tuple[tuple[str, str], ...] = ()  # (checked subclass of `classes`, what it guides / keeps dense)
     modes: tuple[str, ...] = ()  # conditioning modes guided (coverage accounting); () = every mode
-    token_grid: bool = False  # the latent is the token grid (patches packed in its channels): a token per pixel
+    # image tokens: by the net's attributes (p,) or (p_t, p, p), or a number (1: the latent is its token grid)
+    patch: tuple[str, ...] | int = ()  # () = by the net's `patch_size`
 
     @property
     def rule(self) -> str:
@@ -73,6 +72,7 @@ class Family:
 
 _UNET_NETS = ("UNetModel",)
 _FLUX_BLOCKS = (("double", "double_blocks"), ("single", "single_blocks"))
+_MINI_TRAIN_PATCH = ("patch_temporal", "patch_spatial", "patch_spatial")  # MiniTrainDIT's (t, h, w) patches
 
 
 def reference_rows(conds: dict, net=None) -> int:
@@ -161,10 +161,11 @@ FAMILY_ROWS: tuple[Family, ...] = (
     # then pixel blocks attend the patches alone (dense). A prompt past txt_max_length is another length: dense.
     Family("pixeldit", "mmdit", "PixelDiT", block_ids=False, classes=("PixelDiTT2I",), nets=("PixDiT_T2I",),
            exact_sequence=True, block_counts=(("double", "patch_blocks"),)),
-    # CogVideoX (0.33): joint [text | video] without block ids (T5, padded to 226 by its tokenizer).
+    # CogVideoX (0.33): joint [text | video] without block ids (T5, padded to 226); 1.5 patches frames too.
     Family("cogvideox", "mmdit", "CogVideoX", block_ids=False, classes=("CogVideoX",),
-           nets=("CogVideoXTransformer3DModel",), exact_sequence=True, block_counts=(("double", "blocks"),)),
-    Family("krea2", "mmdit", "Krea 2", classes=("Krea2",), nets=("SingleStreamDiT",),
+           nets=("CogVideoXTransformer3DModel",), exact_sequence=True, block_counts=(("double", "blocks"),),
+           patch=("patch_size_t", "patch_size", "patch_size")),
+    Family("krea2", "mmdit", "Krea 2", classes=("Krea2",), nets=("SingleStreamDiT",), patch=("patch",),
            block_counts=(("single", "blocks"),)),
     Family("hidream", "mmdit", "HiDream", block_ids=False, classes=("HiDream",),
            nets=("HiDreamImageTransformer2DModel",), text_order="last",
@@ -213,12 +214,12 @@ FAMILY_ROWS: tuple[Family, ...] = (
     # Ideogram 4: one stream [text | image] without block ids (the unconditional pass runs the image alone: no
     # text, dense); padded text is a segment of its own under a block-diagonal mask.
     Family("ideogram4", "mmdit", "Ideogram 4", block_ids=False, classes=("Ideogram4",),
-           nets=("Ideogram4Transformer2DModel",), exact_sequence=True, token_grid=True,
+           nets=("Ideogram4Transformer2DModel",), exact_sequence=True, patch=1,
            block_counts=(("double", "layers"),)),
     # Lens: dual-stream MMDiT [image | text] (text of 4 encoder layers side by side in the channels), block ids
     # set; padded text masked (additive key mask); the latent is its token grid.
     Family("lens", "mmdit", "Lens", classes=("Lens",), nets=("LensTransformer2DModel",), text_order="last",
-           exact_sequence=True, token_grid=True, block_counts=(("double", "transformer_blocks"),)),
+           exact_sequence=True, patch=1, block_counts=(("double", "transformer_blocks"),)),
     # Kandinsky 5 (video and image): text blocks (text self-attention, no block ids yet), then visual blocks with
     # ids: self-attention, then text cross-attention.
     Family("kandinsky5", "mmdit", "Kandinsky 5", layout="cross", classes=("Kandinsky5", "Kandinsky5Image"),
@@ -226,10 +227,10 @@ FAMILY_ROWS: tuple[Family, ...] = (
     # Cosmos-Predict2's MiniTrainDIT and Anima (MiniTrainDIT + an LLM adapter whose output, padded to 512, is the
     # context): self-attention then text cross-attention per block; 0.33 sets `block_index` only.
     Family("anima", "mmdit", "Anima", layout="cross", classes=("Anima",), nets=("Anima",),
-           block_counts=(("double", "blocks"),)),
+           patch=_MINI_TRAIN_PATCH, block_counts=(("double", "blocks"),)),
     # 0.8.0's MiniTrainDIT sets no block ids: Cosmos-Predict2's calls are counted (self-attention: q, k of one
     # length; a text exactly as long as the image would read as self-attention there and stay dense).
-    Family("cosmos_predict2", "mmdit", "Cosmos-Predict2", layout="cross", block_ids=False,
+    Family("cosmos_predict2", "mmdit", "Cosmos-Predict2", layout="cross", block_ids=False, patch=_MINI_TRAIN_PATCH,
            classes=("CosmosPredict2",), nets=("MiniTrainDIT",), block_counts=(("double", "blocks"),)),
     Family("ltxv", "mmdit", "LTX-Video / LTX-2", layout="cross", block_ids=False, classes=("LTXV", "LTXAV"),
            nets=("LTXVModel", "LTXAVModel"), block_counts=(("double", "transformer_blocks"),)),

@@ -203,13 +203,10 @@ class GuidancePatch:
         text_len += int(getattr(net, "register_length", 0) or 0)  # SD3 register tokens precede the context
         patch = getattr(net, "patch_size", 1)
         tokens = image_token_count(x.shape, patch) if isinstance(x, torch.Tensor) else 0
-        others: tuple[int, ...] = ()
         shapes = (extra or {}).get("latent_shapes")
         if isinstance(shapes, (list, tuple)) and shapes and all(isinstance(sh, (list, tuple)) for sh in shapes):
             tokens = image_token_count(shapes[0], patch)  # x packs several streams: the first is the video
-            others = tuple(int(sh[2]) for sh in shapes[1:] if len(sh) >= 3)  # audio (B, C, T, F): T tokens
-        info = PassInfo(family.rule, text_len, tokens, block_ids=family.block_ids, text_order=family.text_order,
-                        dense_query_lens=others)
+        info = PassInfo(family.rule, text_len, tokens, block_ids=family.block_ids)
         return add_family_facts(info, family, net, x.shape if isinstance(x, torch.Tensor) else None, extra)
 
     def __call__(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
