@@ -244,15 +244,10 @@ def test_guidance_acts_under_torch_compile_model_in_both_orders(host, monkeypatc
     from torch._dynamo.utils import counters
 
     runs = Runs(host, monkeypatch)
-    torch._dynamo.reset()
-    # the tiny UNet's blocks differ in width: past 8 recompiles dynamo would run its frames eagerly, and
-    # guidance would then act for that reason alone
-    limit = torch._dynamo.config.patch(recompile_limit=64)
-    limit.__enter__()
+    torch._dynamo.reset()  # no graph of an earlier test; dynamo's default recompile limit, as in ComfyUI
     try:
         _compiled_checks(host, runs, family, counters)
     finally:
-        limit.__exit__(None, None, None)
         torch._dynamo.reset()
 
 
@@ -266,24 +261,31 @@ def _compiled_checks(host, runs, family, counters):
 
     compiled_base = compiled(base)
     plain = prompt_sample(host, compiled_base, family)
-    assert rel(plain, prompt_sample(host, base, family)) < 1e-4
-    for method, apply in (("gag", lambda m: gag(host, m)), ("pladis", lambda m: pladis(host, m))):
-        for order, model in (("after", apply(compiled_base)), ("before", compiled(apply(base)))):
-            counters.clear()
-            out = prompt_sample(host, model, family)
-            run = runs.last
-            if (method, order) == ("gag", "after"):  # the guided passes were traced anew, not replayed
-                breaks = sum(n for reason, n in counters["graph_break"].items() if "GuidedAttention" in reason)
-                assert counters["stats"]["unique_graphs"] > 0 and breaks > 0, dict(counters["graph_break"])
-            assert run["compiled"] and run["routed"] > 0 and run["message"] is None, (method, order, run)
-            assert rel(out, eager[method]) < 1e-4, (method, order, rel(out, eager[method]))
-            assert rel(out, plain) > 1e-3, (method, order)
+    assert rel(plain, prompt_sample(host, base, family)) < NOISE
+    # GAG and PLADIS on the compiled model (the baseline's graphs exist), and GAG compiled by a later node
+    cases = (("gag", "after", gag(host, compiled_base)), ("pladis", "after", pladis(host, compiled_base)),
+             ("gag", "before", compiled(gag(host, base))))
+    for method, order, model in cases:
+        counters.clear()
+        out = prompt_sample(host, model, family)
+        run = runs.last
+        if (method, order) == ("gag", "after"):  # the guided passes were traced anew, not replayed
+            breaks = sum(n for reason, n in counters["graph_break"].items() if "GuidedAttention" in reason)
+            assert counters["stats"]["unique_graphs"] > 0 and breaks > 0, dict(counters["graph_break"])
+        assert run["compiled"] and run["routed"] > 0 and run["message"] is None, (method, order, run)
+        assert rel(out, eager[method]) < NOISE, (method, order, rel(out, eager[method]))
+        assert rel(out, plain) > 10 * NOISE, (method, order)
+    if family != "sd15":
+        return
     # settings changed between runs reach the compiled model (nothing is frozen into a graph)
     weaker = prompt_sample(host, gag(host, compiled_base, scale=1.0), family)
-    assert rel(weaker, prompt_sample(host, gag(host, base, scale=1.0), family)) < 1e-4
-    # and a step outside the window stays unguided: the compiled model with an empty window is the baseline
-    late = prompt_sample(host, gag(host, compiled_base, start_percent=0.999, end_percent=1.0), family)
-    assert rel(late, plain) < 1e-4
+    assert rel(weaker, prompt_sample(host, gag(host, base, scale=1.0), family)) < NOISE
+    # and passes outside the window stay unguided: the compiled model with an empty window is the baseline
+    late = prompt_sample(host, gag(host, compiled_base, start_percent=0.25, end_percent=0.26), family)
+    assert rel(late, plain) < NOISE
+
+
+NOISE = 1e-3  # float32 noise of compiled against eager code after two sampling steps of a tiny model
 
 
 # ----------------------------------------------------------------------------------------------- replacements
@@ -692,6 +694,9 @@ class Interrupter:
     def __init__(self, at: int, in_pass: int):
         self.at, self.in_pass, self.calls, self.passes, self.fired = at, in_pass, 0, -1, False
         self.seen_sigma = None
+
+    def __deepcopy__(self, memo):  # ModelPatcher.clone deep-copies model_options (0.8): stay one object
+        return self
 
     def __call__(self, func, *args, **kwargs):
         import comfy.model_management as mm
