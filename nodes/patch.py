@@ -18,6 +18,7 @@ caller's model, and a bypassed node, give the baseline exactly. Imports no Comfy
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -99,6 +100,11 @@ class GuidedAttention:
 
     @_opaque
     def __call__(self, func, *args, **kwargs):
+        with _outside_compiled_pass():
+            return self.dispatch(func, args, kwargs)
+
+    def dispatch(self, func, args: tuple, kwargs: dict):
+        """Route one call: guided (GAG / PLADIS) or passed on unchanged."""
         try:  # never break a run: anything that goes wrong in routing or guidance runs the call unguided
             call = bind_attention_call(args, kwargs)
             route = None if call is None else route_call(self.info, call.q_len, call.k_len,
@@ -190,6 +196,11 @@ class GuidedReplacement:
 
     @_opaque
     def __call__(self, q, k, v, extra_options):  # q (B, N, H·D), k and v (B, M, H·D); returns (B, N, H·D)
+        with _outside_compiled_pass():
+            return self.run(q, k, v, extra_options)
+
+    def run(self, q, k, v, extra_options):
+        """The replacement's output, guided when the route selects its block."""
         info, route = self.info, None
         block = extra_options.get("block")
         key = tuple(block) if isinstance(block, (tuple, list)) else ("?", -1)
@@ -255,6 +266,23 @@ class CompiledPass(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def _outside_compiled_pass():
+    """Within: the CompiledPass mode is off (guidance runs eagerly here; the mode would only add Python per op)."""
+    mode = None
+    try:
+        stack = torch.overrides._get_current_function_mode_stack()
+        if stack and isinstance(stack[-1], CompiledPass):
+            mode = torch.overrides._pop_mode()
+    except Exception:  # a torch without these helpers: keep the mode (correct, slower)
+        mode = None
+    try:
+        yield
+    finally:
+        if mode is not None:
+            torch.overrides._push_mode(mode)
 
 
 def _with_cross_markers(patches: dict | None, info: PassInfo) -> dict:
