@@ -15,6 +15,14 @@ O_s = O_d + (P_s − P_d)·v, joint out = O_d + m·(g − O_d^t)), so α = 1 giv
 Without one, guided calls compute O_d in gag_core from the same q, k, v (joint attention: PyTorch's SDPA with
 its log-sum-exp, so the text mass needs no second pass); unguided calls always run the host's kernel. Nothing in model_options is changed, so the
 caller's model, and a bypassed node, give the baseline exactly. Imports no ComfyUI module.
+
+Attention replacements: another node's attn2 replacement (`set_model_attn2_replace`: IP-Adapter, ...) calls the
+kernel itself, past the override; on UNet passes it is wrapped (`GuidedReplacement`) so that its output is O_d
+and the same correction applies; one that is itself sparse-attention guidance (PLADIS) is left alone.
+Compiled models (TorchCompileModel drops the guards on transformer_options): the override and the wrapper are
+opaque to torch.compile (one graph break per attention call; routing and guidance run as plain Python with the
+current run's settings), and guided passes run inside `CompiledPass`, a pass-through torch-function mode that
+keys their graphs apart from those of unguided passes (docs/compatibility.md).
 """
 from __future__ import annotations
 
@@ -190,7 +198,7 @@ class GuidedReplacement:
         self.fn = fn
         self.settings = settings
         self.info = info
-        self.seen = seen  # this pass's {block: (replacement name, guided?)}, read by the run check
+        self.seen = seen  # this pass's {block: (name, guided?, own guidance?)}, read by the run check
         self.name = _replacement_name(fn)
         self.own_guidance = is_sparse_guidance(fn)
 
