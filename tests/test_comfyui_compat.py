@@ -536,12 +536,9 @@ def test_caches_really_skip_model_passes(host, monkeypatch, baselines):
         for model in (gag(host, _apply(host, node, base, kw)), _apply(host, node, gag(host, base), kw)):
             host.sample(model, "sd15", steps=6)
             assert runs.last["routed"] > 0
-            # a skipped step runs no attention: fewer calls than six full passes (CFG batched: one per step)
-            calls = _attention_calls(host, model)
-            assert calls < 6 * CALLS_SD15, (node, calls)
-
-
-CALLS_SD15 = 14  # attention calls per model pass of the tiny SD1.5 UNet
+            # a skipped step runs no attention: fewer calls than the same run without the cache
+            calls, full = _attention_calls(host, model), _attention_calls(host, gag(host, base))
+            assert 0 < calls < full, (node, calls, full)
 
 
 def _attention_calls(host, model) -> int:
