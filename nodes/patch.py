@@ -15,9 +15,18 @@ O_s = O_d + (P_s − P_d)·v, joint out = O_d + m·(g − O_d^t)), so α = 1 giv
 Without one, guided calls compute O_d in gag_core from the same q, k, v (joint attention: PyTorch's SDPA with
 its log-sum-exp, so the text mass needs no second pass); unguided calls always run the host's kernel. Nothing in model_options is changed, so the
 caller's model, and a bypassed node, give the baseline exactly. Imports no ComfyUI module.
+
+Attention replacements: another node's attn2 replacement (`set_model_attn2_replace`: IP-Adapter, ...) calls the
+kernel itself, past the override; on UNet passes it is wrapped (`GuidedReplacement`) so that its output is O_d
+and the same correction applies; one that is itself sparse-attention guidance (PLADIS) is left alone.
+Compiled models (TorchCompileModel drops the guards on transformer_options): the override and the wrapper are
+opaque to torch.compile (one graph break per attention call; routing and guidance run as plain Python with the
+current run's settings), and guided passes run inside `CompiledPass`, a pass-through torch-function mode that
+keys their graphs apart from those of unguided passes (docs/compatibility.md).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -28,12 +37,14 @@ import torch
 from ..gag_core.attention import gag_attention, joint_gag_attention, text_mass_agrees, text_mass_extension
 from ..gag_core.presets import get_preset
 from . import telemetry
-from .attention_call import AttentionCall, bind_attention_call, mask_to_4d, output_from_bhld, output_to_bhld
+from .attention_call import (AttentionCall, bind_attention_call, mask_to_4d, output_from_bhld, output_to_bhld,
+                             to_bhld)
 from .blocks import BlockSelection, describe_blocks, matches_any, model_blocks, parse_blocks
-from .families import Family, describe_model, detect_family, supported_labels, unsupported_reason
+from .families import (MODEL_CLASSES, Family, describe_model, detect_family, supported_labels,
+                       unsupported_reason)
 from .inputs import METHODS, check_inputs
 from .routing import PassInfo, Route, add_family_facts, image_token_count, in_window, route_call
-from .run_check import OUTER_SAMPLE, RunWatch
+from .run_check import OUTER_SAMPLE, RunWatch, notify
 
 logger = logging.getLogger("comfyui_gag")
 
@@ -43,6 +54,12 @@ WRAPPER_KEY = "comfyui_gag"
 STRICT = os.environ.get("COMFYUI_GAG_STRICT") == "1"
 
 _warned: set[str] = set()
+# Functions torch.compile must not trace: the routing and guidance of every call run as plain Python, each call
+# (one graph break per attention call of a guided pass), so no decision or counter is frozen into a graph.
+_opaque = getattr(getattr(torch, "compiler", None), "disable", None) or (lambda fn: fn)
+# attn2 replacements that are themselves sparse-attention guidance (sd-perturbed-attention's PLADIS): their
+# blocks are left to them, not guided twice (docs/compatibility.md)
+SPARSE_GUIDANCE_NAMES = ("pladis",)
 
 
 def warn_once(key: str, message: str) -> None:
@@ -89,7 +106,13 @@ class GuidedAttention:
             return self.previous(func, *args, **kwargs)
         return func(*args, **kwargs)
 
+    @_opaque
     def __call__(self, func, *args, **kwargs):
+        with _outside_compiled_pass():
+            return self.dispatch(func, args, kwargs)
+
+    def dispatch(self, func, args: tuple, kwargs: dict):
+        """Route one call: guided (GAG / PLADIS) or passed on unchanged."""
         try:  # never break a run: anything that goes wrong in routing or guidance runs the call unguided
             call = bind_attention_call(args, kwargs)
             route = None if call is None else route_call(self.info, call.q_len, call.k_len,
@@ -153,6 +176,123 @@ class GuidedAttention:
         return output_from_bhld(out, call.skip_output_reshape)
 
 
+def _replacement_name(fn) -> str:
+    """A short name of another node's attention function for messages: module.qualname."""
+    target = fn if hasattr(fn, "__qualname__") else type(fn)
+    module = str(getattr(target, "__module__", "") or "")
+    return f"{module.rsplit('.', 1)[-1]}.{target.__qualname__}" if module else str(target.__qualname__)
+
+
+def is_sparse_guidance(fn) -> bool:
+    """Whether an attn2 replacement is itself sparse-attention guidance (PLADIS by name): left alone, not doubled."""
+    target = fn if hasattr(fn, "__qualname__") else type(fn)
+    text = f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}".lower()
+    return any(name in text for name in SPARSE_GUIDANCE_NAMES)
+
+
+class GuidedReplacement:
+    """Another node's attn2 replacement (IP-Adapter, ...) under guidance: its output is the chained dense output
+    O_d, then O_s = O_d + (P_s − P_d)·v from the same q, k, v and the rule (α = 1 gives its output exactly)."""
+
+    def __init__(self, fn, settings: GuidanceSettings, info: PassInfo, seen: dict):
+        self.fn = fn
+        self.settings = settings
+        self.info = info
+        self.seen = seen  # this pass's {block: (name, guided?, own guidance?)}, read by the run check
+        self.name = _replacement_name(fn)
+        self.own_guidance = is_sparse_guidance(fn)
+
+    @_opaque
+    def __call__(self, q, k, v, extra_options):  # q (B, N, H·D), k and v (B, M, H·D); returns (B, N, H·D)
+        with _outside_compiled_pass():
+            return self.run(q, k, v, extra_options)
+
+    def run(self, q, k, v, extra_options):
+        """The replacement's output, guided when the route selects its block."""
+        info, route = self.info, None
+        block = extra_options.get("block")
+        key = tuple(block) if isinstance(block, (tuple, list)) else ("?", -1)
+        if not self.own_guidance:
+            try:
+                route = route_call(info, q.shape[1], k.shape[1], extra_options, self.settings.selection)
+            except Exception as e:
+                if STRICT:
+                    raise
+                warn_once(f"route {self.name}", f"[GAG] could not route {self.name} ({type(e).__name__}: {e}).")
+        if route is not None or key not in self.seen:
+            self.seen[key] = (self.name, route is not None, self.own_guidance)
+        was = info.in_cross
+        info.in_cross = False  # attention the replacement runs itself (with transformer_options) is not guided again
+        try:
+            o_d = self.fn(q, k, v, extra_options)
+        finally:
+            info.in_cross = was
+        if route is None:
+            return o_d
+        try:
+            return self.guided(q, k, v, o_d, extra_options)
+        except Exception as e:
+            if STRICT:
+                raise
+            message = (f"[GAG] guidance on top of {self.name} failed ({type(e).__name__}: {str(e)[:300]}); its "
+                       "output is kept unguided.")
+            warn_once(message, message)
+            self.seen[key] = (self.name, False, False)
+            return o_d
+
+    def guided(self, q, k, v, o_d, extra_options) -> torch.Tensor:
+        """The rule on the replacement's output: O_d = its output (B, N, H·D), P_s and P_d from q, k, v."""
+        s = self.settings
+        heads = int(extra_options["n_heads"])
+        if not isinstance(o_d, torch.Tensor) or o_d.shape[:2] != q.shape[:2] or o_d.shape[-1] % heads:
+            raise ValueError(f"its output has shape {tuple(getattr(o_d, 'shape', ()))}, expected (B, N, H·D) "
+                             f"for q {tuple(q.shape)}")
+        qb, kb, vb = (to_bhld(t, heads, False) for t in (q, k, v))  # (B, H, N, D), (B, H, M, D), (B, H, M, Dv)
+        if o_d.shape[-1] // heads != vb.shape[-1]:
+            raise ValueError(f"its output width {o_d.shape[-1]} is not {heads} heads of v's {vb.shape[-1]}")
+        dense_out = output_to_bhld(o_d, heads, False)  # (B, H, N, Dv)
+        out = gag_attention(qb, kb, vb, method=s.method, scale=s.scale, beta=s.beta, tau=s.tau, alpha=s.alpha,
+                            dense=lambda *_: dense_out, stats=telemetry.stats_for(s.node_key, extra_options))
+        return output_from_bhld(out, False).to(o_d.dtype)
+
+
+def _with_guided_replacements(replace: dict | None, settings: GuidanceSettings, info: PassInfo, seen: dict):
+    """A copy of transformer_options["patches_replace"] whose attn2 replacements run under guidance."""
+    if not isinstance(replace, dict) or not isinstance(replace.get("attn2"), dict) or not replace["attn2"]:
+        return replace
+    out = dict(replace)
+    out["attn2"] = {key: fn if isinstance(fn, GuidedReplacement) else GuidedReplacement(fn, settings, info, seen)
+                    for key, fn in replace["attn2"].items()}
+    return out
+
+
+class CompiledPass(torch.overrides.TorchFunctionMode):
+    """Entered around each guided pass of a compiled model; it changes nothing. torch.compile keys its graphs on
+    the torch-function mode stack, while the host's TorchCompileModel drops every guard on transformer_options: so
+    a graph traced for an unguided pass (the compiled baseline, a step outside the window) is never replayed for a
+    guided one, which would guide nothing."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def _outside_compiled_pass():
+    """Within: the CompiledPass mode is off (guidance runs eagerly here; the mode would only add Python per op)."""
+    mode = None
+    try:
+        stack = torch.overrides._get_current_function_mode_stack()
+        if stack and isinstance(stack[-1], CompiledPass):
+            mode = torch.overrides._pop_mode()
+    except Exception:  # a torch without these helpers: keep the mode (correct, slower)
+        mode = None
+    try:
+        yield
+    finally:
+        if mode is not None:
+            torch.overrides._push_mode(mode)
+
+
 def _with_cross_markers(patches: dict | None, info: PassInfo) -> dict:
     """A copy of transformer_options["patches"] with an attn2 patch pair that flags the calls inside attn2."""
 
@@ -185,6 +325,7 @@ class GuidancePatch:
     def __init__(self, settings: GuidanceSettings):
         self.settings = settings
         self.tally = None  # the running sampling run's RunTally, set by RunWatch (nodes/run_check.py)
+        self.compiled = None  # RunWatch: how the run's model is compiled (torch.compile), None when it is not
 
     def pass_info(self, x, t, c_crossattn, base_model, extra: dict | None = None) -> PassInfo | None:
         """The PassInfo of this pass, or None when it runs unguided (outside the window, no text); `extra` is
@@ -223,12 +364,21 @@ class GuidancePatch:
         options = dict(transformer_options)
         options["optimized_attention_override"] = GuidedAttention(
             self.settings, info, transformer_options.get("optimized_attention_override"))
+        replaced: dict = {}  # attn2 replacements of other nodes seen in this pass: {block: (name, guided, own)}
         if info.kind == "unet":
             options["patches"] = _with_cross_markers(transformer_options.get("patches"), info)
-        out = executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
-        if tally is not None:
-            tally.routed += getattr(info, "routed", 0)
-        return out
+            if transformer_options.get("patches_replace"):
+                options["patches_replace"] = _with_guided_replacements(transformer_options["patches_replace"],
+                                                                       self.settings, info, replaced)
+        try:
+            if self.compiled:
+                with CompiledPass():
+                    return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
+            return executor(x, t, c_concat, c_crossattn, control, options, **kwargs)
+        finally:  # counted as they happened, also when the pass is interrupted
+            if tally is not None:
+                tally.routed += getattr(info, "routed", 0)
+                tally.saw_replacements(replaced)
 
 
 def apply_guidance(model, *, method: str, scale: float, beta: float = 0.0, tau=15.0, alpha: float = 1.5,
@@ -242,6 +392,15 @@ def apply_guidance(model, *, method: str, scale: float, beta: float = 0.0, tau=1
     if family is None:
         base = getattr(model, "model", None)
         reason = unsupported_reason(base)
+        net = getattr(base, "diffusion_model", None)
+        if type(base).__name__ in MODEL_CLASSES and net is not None and type(base).__module__.endswith("model_base"):
+            message = (f"[GAG] the {describe_model(base)} model's transformer was replaced by "
+                       f"{type(net).__module__}.{type(net).__qualname__} (a Nunchaku-style loader?): its attention "
+                       "does not run through ComfyUI's attention functions, so GAG cannot reach it. The model "
+                       "passes through unguided.")
+            logger.warning(message)
+            notify(message, node_key)
+            return model
         if reason:
             logger.warning("[GAG] %s is not a supported model: %s. The model passes through unguided (supported: "
                            "%s).", describe_model(base), reason, supported_labels())

@@ -24,6 +24,10 @@ const TOGGLE_WIDGET = "gag_chart_toggle";
 const CHART_WIDGET = "gag_chart";
 const CHART_PROPERTY = "GAG chart";
 const PRESETS_TIMEOUT_MS = 5000;
+const NOTICE_EVENT = "comfyui_gag.notice"; // nodes/run_check.py: why a run was not (fully) guided
+const NOTICE_LIFE_MS = 20000;
+const NOTICE_MAX_CHARS = 2000;
+const notices = []; // the notices this page showed (for tests), newest last
 
 let table = null; // parsed /gag/presets, null with an older back end
 let syncTimer = null;
@@ -219,6 +223,25 @@ function onStats(event) {
   node.setDirtyCanvas?.(true, false);
 }
 
+// ------------------------------------------------------------------------------------------- notices
+
+// A back-end notice (sent once per sampling run that guided nothing, or only part) as a toast; the server log has
+// it too. Front ends without the toast API get it in the console.
+function onNotice(event) {
+  const d = event?.detail;
+  if (!d || typeof d.message !== "string" || !d.message) return;
+  const message = d.message.slice(0, NOTICE_MAX_CHARS);
+  notices.push(message);
+  if (notices.length > 20) notices.shift();
+  const toast = app.extensionManager?.toast;
+  if (typeof toast?.add === "function") {
+    toast.add({ severity: d.level === "info" ? "info" : "warn", summary: "Attention guidance (GAG)",
+                detail: message, life: NOTICE_LIFE_MS });
+  } else {
+    console.warn(message);
+  }
+}
+
 // ------------------------------------------------------------------------------------------- subscription
 
 function scheduleSync(force = false) {
@@ -247,6 +270,7 @@ app.registerExtension({
   name: "comfyui_gag.guidance",
 
   async init() {
+    api.addEventListener(NOTICE_EVENT, guard("notice", onNotice));
     table = await loadTable();
     if (!table) return;
     api.addEventListener(table.event, guard("statistics message", onStats));
@@ -281,4 +305,5 @@ window.comfyuiGag = {
   chartData: (node) => node?.__gag?.data ?? null,
   applyPreset: (node, label) => applyPreset(node, label),
   sync: () => sync(),
+  notices,
 };
