@@ -34,6 +34,13 @@ class GuidanceStats:
         self.calls += 1
         self._host = None
 
+    def add_sums(self, sums: torch.Tensor, *, tokens: int) -> None:
+        """Accumulate one call's (4,) sums (gag_core.kernels.ops returns them from a compiled graph's op)."""
+        self._sums = sums if self._sums is None or self._sums.device != sums.device else self._sums + sums
+        self.tokens += tokens
+        self.calls += 1
+        self._host = None
+
     def _values(self) -> list[float]:
         """The four sums as Python floats: one device read, none when nothing was added since the last one."""
         if self._host is None:
