@@ -23,8 +23,10 @@ from gag_core.kernels import resources
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (80, 86, 89, 90)
 
-# (mode, keys) -> the most stack + local bytes per thread allowed: docs/gpu.md, "What still spills".
-KNOWN_SPILLS: dict[tuple[str, int], int] = {}
+# key bucket (keys rounded up to a power of two) -> the most stack + local bytes per thread allowed there:
+# 513–1024 keys hold 16 rows × 1024 fp32 logits at 16 warps, 32 registers a thread under a cap of 128
+# (docs/gpu.md, "What still spills"); measured 88–112 B on every target.
+KNOWN_SPILLS: dict[int, int] = {1024: 128}
 
 
 def _tools_missing() -> str | None:
@@ -81,7 +83,7 @@ def test_no_spill_and_shared_memory_in_limit(measured, cc):
     bad = []
     for r in rows:
         found = resources.problems(r)
-        allowed = KNOWN_SPILLS.get((r["mode"], r["keys"]))
+        allowed = KNOWN_SPILLS.get(1 << max(4, (r["keys"] - 1).bit_length()))
         if found and allowed is not None and "error" not in r and r["shared"] <= r["smem_limit"] \
                 and r["stack"] + r["local"] <= allowed:
             continue

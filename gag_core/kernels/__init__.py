@@ -190,12 +190,17 @@ def unsupported_reason_joint(q, k, v, *, text_range, lse, o_dense, alpha, mask=N
 def _config(m_keys: int, qk_d: int, v_d: int, elem_bytes: int = 2) -> dict:
     """Tile sizes: all keys of BLOCK_N rows in registers (~32 logits a thread), ≤ 16 KiB of k or v per step.
 
-    Checked by compiling for sm_80 and sm_90 without a GPU (Triton 3.9's ptxas): no register spills at the SDXL
-    and FLUX shapes; not yet timed on a GPU (benchmarks/bench_kernels.py --sweep searches around it).
+    Checked by gag_core.kernels.resources (tests/test_kernel_resources.py): compiled for sm_80/86/89/90 without
+    a GPU at every launch class; the spills that remain are listed in docs/gpu.md. Not yet timed on a GPU
+    (benchmarks/bench_kernels.py --sweep searches around it). A head_dim that is not a multiple of 16 (SD1.5's
+    40) gets 16-column steps: its strides are not specialised as 16-divisible, so k and v load element by
+    element, and wider steps spilled (592 B at D = 40).
     """
     block_m = max(16, _next_pow2(m_keys))
     block_n = max(16, min(64, 4096 // block_m))
     block_d = max(16, min(64, _next_pow2(max(qk_d, v_d)), 16384 // (block_m * elem_bytes)))
+    if qk_d % 16 or v_d % 16:
+        block_d = 16
     num_warps = 4 if block_m <= 128 else 8 if block_m <= 512 else 16
     block_mc = min(block_m, 128)
     return {"BLOCK_N": block_n, "BLOCK_M": block_m, "BLOCK_MC": block_mc, "BLOCK_D": block_d, "num_warps": num_warps}
