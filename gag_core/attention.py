@@ -439,9 +439,9 @@ def _cross_guided(q, k, v, mask4, o_d_full, method, scale, beta, tau, alpha, sm,
 def _compiling() -> bool:
     """True while torch.compile traces the caller (then the guided part goes through gag_core.kernels.ops)."""
     compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling"):
-        return compiler.is_compiling()
-    return False
+    if compiler is None or not hasattr(compiler, "is_compiling") or not hasattr(torch.library, "custom_op"):
+        return False  # torch < 2.4: no custom ops; the Python dispatch is traced as before
+    return compiler.is_compiling()
 
 
 def _ops():

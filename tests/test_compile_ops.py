@@ -75,3 +75,12 @@ def test_fake_implementation_gives_the_output_shapes():
         fq, fk, fv = (mode.from_tensor(t) for t in (q, k, v))
         out, sums = ops.guided_cross(fq, fk, fv, None, None, "gag", 5.0, 0.0, 15.0, 1.5, 0.25, True)
         assert out.shape == (1, 2, 20, 16) and sums.shape == (4,)
+
+
+def test_op_outputs_are_contiguous_as_the_fake_says():
+    """ComfyUI hands q as a (B, N, H, D) view: the op still returns the contiguous layout its fake promises."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 20, 2, 16, generator=g).transpose(1, 2)  # (B, H, N, D) view of (B, N, H, D)
+    k, v = (torch.randn(1, 7, 2, 16, generator=g).transpose(1, 2) for _ in range(2))
+    out, sums = ops.guided_cross(q, k, v, None, None, "gag", 5.0, 0.0, 15.0, 1.5, 0.25, False)
+    assert out.is_contiguous() and out.shape == (1, 2, 20, 16) and sums.shape == (4,)

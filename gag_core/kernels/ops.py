@@ -5,6 +5,9 @@ Python dispatch: the compiler sees one opaque op with a fake implementation (out
 body runs eagerly at run time: the fused Triton kernel after its self-check, or the PyTorch path, exactly as
 an eager call. The host's dense attention runs outside the op, in the graph; its output comes in as a tensor.
 The chart's statistics come back as the call's (4,) device sums (GuidanceStats order), added outside.
+Outputs are contiguous (B, H, N, Dv), as the fake implementations say (inductor lays out the graph from them):
+the kernel writes q's layout, so a compiled call may copy once more than an eager one. Needs torch ≥ 2.4
+(torch.library.custom_op); older torch compiles the Python dispatch instead.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ def guided_cross(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o_dense: Opt
     stats = GuidanceStats() if with_stats else None
     out = attention._cross_guided(q, k, v, mask, o_dense, method, scale, beta, tau if tau > 0 else None, alpha,
                                   softmax_scale, stats, None)
-    return out, _call_sums(stats, q.device)
+    return out.contiguous(), _call_sums(stats, q.device)  # the fake's layout: the compiler trusts it
 
 
 @guided_cross.register_fake
@@ -62,7 +65,7 @@ def guided_joint(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o_dense: tor
     segs = [(segments[i], segments[i + 1]) for i in range(0, len(segments), 2)]
     out = attention._joint_guided(q, k, v, mask, o_dense, lse, (text_start, text_stop), segs, method, scale, beta,
                                   tau if tau > 0 else None, alpha, softmax_scale, stats, None, mass, in_place=False)
-    return out, _call_sums(stats, q.device)
+    return out.contiguous(), _call_sums(stats, q.device)  # the fake's layout: the compiler trusts it
 
 
 @guided_joint.register_fake
