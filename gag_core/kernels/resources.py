@@ -178,7 +178,9 @@ def tools_available() -> str | None:
 
 
 def compile_class(cls: LaunchClass, cc: int, config: dict | None = None) -> dict:
-    """Compile `cls` for sm_`cc` (`config`: tile overrides, for tuning): {"regs", "stack", "local", "shared", "smem_limit", "seconds"}."""
+    """Compile `cls` for sm_`cc` (`config`: tile overrides, for tuning).
+
+    Returns {"regs", "stack", "local" (bytes per thread), "shared" (bytes per program), "num_warps", "seconds"}."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend

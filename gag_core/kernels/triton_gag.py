@@ -17,6 +17,10 @@ GAG is linear in (O_s, Δ) once three per-row dot products are known:
 so pass A accumulates the dot products over head_dim chunks and pass B writes out (PLADIS needs pass B only:
 w_s = 1, w_Δ = s − 1). The head_dim is walked in BLOCK_D chunks so only a (keys, BLOCK_D) slice
 of k or v is staged at a time.
+Register budget (gag_core/kernels/resources.py compiles every launch class for sm_80–90): the mask is the
+logits' starting value (no mask tile beside them), E is normalised where it is formed, E and P_Δ = E − P_d are
+converted to dot operands once, and pass B applies its per-row weights in float32 after the dots
+(w_e·(E·v) + w_d·(P_Δ·v)), so at most the logits and two half-width operand tiles are live at once.
 """
 from __future__ import annotations
 
