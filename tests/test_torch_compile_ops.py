@@ -1,4 +1,5 @@
 """Under torch.compile the guided call is one custom op (gag_core.kernels.ops): no graph break, eager's result.
+(Named to run after tests/test_kernels.py: importing torch._dynamo imports Triton outside its interpreter.)
 
 On CPU the op's body takes the PyTorch path (GAG_DISABLE_TRITON=1); on CUDA the same op launches the fused
 kernel. `aot_eager` runs the op's fake implementation during tracing (shapes) and its real body at run time.
@@ -12,14 +13,15 @@ import torch.nn.functional as F
 import gag_core
 from gag_core.kernels import ops
 
-dynamo = pytest.importorskip("torch._dynamo")
 
 
 @pytest.fixture(autouse=True)
-def pytorch_path(monkeypatch):
+def dynamo(monkeypatch):
+    """torch._dynamo, imported here rather than at collection (it imports Triton); the kernel switched off."""
+    dynamo = pytest.importorskip("torch._dynamo")
     monkeypatch.setenv("GAG_DISABLE_TRITON", "1")
     dynamo.reset()
-    yield
+    yield dynamo
     dynamo.reset()
 
 
@@ -43,7 +45,7 @@ def _inputs(n, m, seed=0):
 
 
 @pytest.mark.parametrize("fn, shapes", [(_cross, (20, 7)), (_joint, (22, 22))], ids=["cross", "joint"])
-def test_compiled_call_traces_without_graph_break_and_matches_eager(fn, shapes):
+def test_compiled_call_traces_without_graph_break_and_matches_eager(dynamo, fn, shapes):
     q, k, v = _inputs(*shapes)
     explained = dynamo.explain(fn)(q, k, v)
     assert explained.graph_break_count == 0, explained.break_reasons
