@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU run of the pack: the gpu-marked tests, the kernel self-check report, bench_kernels.py
-# --markdown (fp16 + bf16), bench_realwidth.py on CUDA (SDXL, FLUX.1, Qwen-Image; GAG and PLADIS; with and
-# without TorchCompileModel; chart on and off) and the ncu summary of one FLUX launch, every table under $OUT.
+# --markdown (fp16 + bf16), bench_realwidth.py on CUDA (SDXL, FLUX.1, Qwen-Image; GAG and PLADIS; chart on and
+# off; TorchCompileModel on FLUX.1) and the ncu summary of one FLUX launch, every table under $OUT.
 # Sized for one H100 with no network, under 8 minutes (docs/gpu.md).
 #
 #   Here (no GPU), once:  COMFYUI_PATH=/path/to/ComfyUI-0.33 COMFY_PYTHON=<its venv>/bin/python \
@@ -293,13 +293,15 @@ install_wheels
 { nvidia-smi; "$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__,
   torch.cuda.get_device_name())'; } >"$OUT/env.txt" 2>&1
 export COMFYUI_PATH=$ROOT/$CARRY/ComfyUI PYTHONUNBUFFERED=1
-step "gpu tests" 90 gpu_tests.txt "$PY" -m pytest -q -m gpu tests/test_kernels.py
-step "self-check report" 45 selfcheck.txt "$PY" benchmarks/bench_selfcheck.py
-step "bench_kernels fp16+bf16" 80 kernels.md bash -c \
+step "gpu tests" 75 gpu_tests.txt "$PY" -m pytest -q -m gpu tests/test_kernels.py
+step "self-check report" 40 selfcheck.txt "$PY" benchmarks/bench_selfcheck.py
+step "bench_kernels fp16+bf16" 70 kernels.md bash -c \
   "'$PY' benchmarks/bench_kernels.py --markdown --dtype float16 && '$PY' benchmarks/bench_kernels.py --markdown --dtype bfloat16"
-step "bench_realwidth (CUDA)" 200 realwidth.txt "$PY" benchmarks/bench_realwidth.py --quick --dtype bfloat16 \
-  --models sdxl flux1 qwen_image --compile --chart
-step "ncu, one FLUX launch" 45 ncu.txt ncu --kernel-name regex:gag_fused --launch-count 1 \
+step "bench_realwidth (CUDA, chart on and off)" 110 realwidth.txt "$PY" benchmarks/bench_realwidth.py --rounds 1 \
+  --steps 1 --dtype bfloat16 --models sdxl flux1 qwen_image --chart
+step "bench_realwidth (CUDA, TorchCompileModel, FLUX.1)" 130 realwidth_compile.txt "$PY" benchmarks/bench_realwidth.py \
+  --rounds 1 --steps 1 --no-memory --dtype bfloat16 --models flux1 --compile
+step "ncu, one FLUX launch" 40 ncu.txt ncu --kernel-name regex:gag_fused --launch-count 1 \
   --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
   "$PY" -c "$FLUX_ONCE"
 log "done in $((SECONDS - T0)) s; tables in $OUT"
