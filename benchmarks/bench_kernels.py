@@ -1,7 +1,9 @@
 """GPU cost of the fused Triton GAG kernel against one dense scaled_dot_product_attention call.
 
 Shapes (issue 6): SDXL cross-attention (B = 2, M = 77 text keys, D = 64; H = 10 with N = 4096 and H = 20 with
-N = 1024) and FLUX joint attention (B = 1, H = 24, 512 text + 4096 image tokens, D = 128). For each it prints
+N = 1024), FLUX joint attention (B = 1, H = 24, 512 text + 4096 image tokens, D = 128), Qwen-Image joint
+attention (1024 and 200 text tokens + 4096 image tokens, D = 128; 1024 is the kernel's limit) and Wan's text
+cross-attention (H = 40, 32760 video tokens × 512 keys, D = 128). For each it prints
 the median time over CUDA events after warm-up of
   dense   one F.scaled_dot_product_attention call (cross: q × 77 keys; joint: the whole 4608² joint call)
   fused   the kernel: cross computes z, entmax, O_s, O_d and the GAG rule in one pass (dense output included);
@@ -40,6 +42,9 @@ SHAPES = [  # name, kind, B, H, N (queries or joint length), M (keys or text tok
     ("SDXL 64² (H10, N4096)", "cross", 2, 10, 4096, 77, 64),
     ("SDXL 32² (H20, N1024)", "cross", 2, 20, 1024, 77, 64),
     ("FLUX joint (H24, 512+4096)", "joint", 1, 24, 4608, 512, 128),
+    ("Qwen-Image joint (H24, 1024+4096)", "joint", 1, 24, 5120, 1024, 128),
+    ("Qwen-Image joint, short prompt (H24, 200+4096)", "joint", 1, 24, 4296, 200, 128),
+    ("Wan cross (H40, N32760, 512 keys)", "cross", 1, 40, 32760, 512, 128),
 ]
 TINY = [  # the same code paths at interpreter-sized shapes
     ("tiny cross", "cross", 1, 2, 64, 77, 64),

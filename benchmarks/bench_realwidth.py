@@ -26,6 +26,12 @@ medians) and prints the operators whose self time grows most over the baseline.
 
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/bench_realwidth.py [--quick] [--models sdxl flux1 qwen_image]
         [--rounds 2] [--steps 1] [--depth 1] [--threads 2] [--profile] [--attention pytorch|default]
+        [--dtype float32|float16|bfloat16] [--chart] [--compile]
+
+--chart adds GAG+chart / PLADIS+chart: the same nodes with the web chart's statistics on (the pack's telemetry
+subscribed, messages dropped). --compile adds baseline / GAG / PLADIS +compile: ComfyUI's TorchCompileModel
+(inductor) applied after the guidance node, on a second model without the timing hooks, each compared with the
+compiled baseline (benchmarks/gpu_check.sh runs both on CUDA).
 """
 from __future__ import annotations
 
@@ -191,6 +197,8 @@ def time_guided_attention(patch_module, state: dict) -> None:
     original = cls.__call__
 
     def timed(self, func, *args, **kwargs):
+        if state.get("clock") is None:  # not timed (compiled settings): no synchronisation either
+            return original(self, func, *args, **kwargs)
         t0 = now()
         out = original(self, func, *args, **kwargs)
         if state.get("clock") is not None:
@@ -245,10 +253,10 @@ def profiled_step(fn):
 
 # ------------------------------------------------------------------------------------------ the run
 
-def build(comfy, setup: dict, seed: int = 0):
+def build(comfy, setup: dict, seed: int = 0, dtype=torch.float32):
     """The real-width model (reduced depth) in a ModelPatcher, weights from a seeded normal (fan-in scaled)."""
     model_config = getattr(comfy.supported_models, setup["cls"])(setup["config"])
-    model_config.set_inference_dtype(torch.float32, None)
+    model_config.set_inference_dtype(dtype, None)
     base = model_config.get_model({})
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -284,7 +292,8 @@ def run_model(comfy, key: str, args) -> dict:
     state = {"setup": setup, "clock": None}
     time_guided_attention(comfy.patch, state)
     t0 = time.perf_counter()
-    model = build(comfy, setup)
+    dtype = getattr(torch, args.dtype)
+    model = build(comfy, setup, dtype=dtype)
     wbytes = weight_bytes(model)
     clock = Clock()
     hook_blocks(model.model.diffusion_model, setup, clock)
@@ -294,6 +303,17 @@ def run_model(comfy, key: str, args) -> dict:
     models = {"baseline": base}
     for label, (node_id, inputs) in NODES.items():
         models[label] = comfy.run_node(node_id, model=model, **inputs)
+    if args.chart:  # the web chart shown: the pack's telemetry subscribed for node "12", messages dropped
+        telemetry = sys.modules[comfy.patch.__name__.rsplit(".", 1)[0] + ".telemetry"].TELEMETRY
+        telemetry.sender = lambda event, data, client: None
+        telemetry.subscribe("bench", ["12"])
+        for label, (node_id, inputs) in NODES.items():
+            models[label + "+chart"] = comfy.run_node(node_id, unique_id="12", model=model, **inputs)
+    if args.compile:  # TorchCompileModel after the guidance node, on a second model without timing hooks
+        model_c = build(comfy, setup, dtype=dtype)
+        models["baseline+compile"] = compiled(model_c)
+        for label, (node_id, inputs) in NODES.items():
+            models[label + "+compile"] = compiled(comfy.run_node(node_id, model=model_c, **inputs))
     positive, negative = conditioning(setup, 1), conditioning(setup, 2)
     c, h, w = setup["latent"]
     print(f"\n## {key}: {setup['tokens']}; {wbytes / 2**30:.2f} GiB of weights at depth {args.depth} "
@@ -317,7 +337,7 @@ def run_model(comfy, key: str, args) -> dict:
         for lab in order:
             gc.collect()
             clock.reset()
-            state["clock"] = clock if lab != "baseline" else None
+            state["clock"] = clock if lab != "baseline" and not lab.endswith("+compile") else None
             w0, c0 = now(), time.process_time()
             run(models[lab])
             wall, cpu = now() - w0, time.process_time() - c0
@@ -336,6 +356,22 @@ def run_model(comfy, key: str, args) -> dict:
             gc.collect()
             mem[lab] = peak_tensor_bytes(lambda: run(models[lab]))
     return dict(key=key, setup=setup, rows=rows, mem=mem, ops=ops, wbytes=wbytes, steps=args.steps)
+
+
+def compiled(model):
+    """What ComfyUI's TorchCompileModel node (comfy_extras/nodes_torch_compile.py) does to a model, inductor."""
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+
+    options = {}
+    try:
+        from comfy_extras.nodes_torch_compile import skip_torch_compile_dict
+
+        options["guard_filter_fn"] = skip_torch_compile_dict
+    except ImportError:
+        pass
+    m = model.clone()
+    set_torch_compile_wrapper(model=m, backend="inductor", options=options or None)
+    return m
 
 
 def med(xs):
@@ -367,6 +403,11 @@ def report(res: dict, args) -> None:
             extra = sum((nf / nr - 1.0) * r["blocks"].get(kind, 0.0) for kind, (nr, nf) in setup["kinds"].items())
             ext.append((r["wall"] + extra) / steps)
         full[lab] = ext
+    if "baseline+compile" in rows:  # compiled settings against the compiled baseline
+        for lab in [x for x in rows if x.endswith("+compile") and x != "baseline+compile"]:
+            ratio = med([r["wall"] / b["wall"] for r, b in zip(rows[lab], rows["baseline+compile"])])
+            print(f"  {lab} vs baseline+compile: x{ratio:.3f} ({100 * (ratio - 1):+.1f} %) per step at depth "
+                  f"{args.depth}")
     share = med([b["guided"] / b["wall"] for b in base])
     print(f"share of the baseline step in the calls GAG guides: {100 * share:.1f} % "
           f"(all attention calls: {100 * med([b['attention'] / b['wall'] for b in base]):.1f} %)")
@@ -438,6 +479,11 @@ def main() -> int:
     ap.add_argument("--attention", choices=("pytorch", "default"), default="pytorch",
                     help="ComfyUI's attention kernel: pytorch SDPA (--use-pytorch-cross-attention) or its CPU default")
     ap.add_argument("--quick", action="store_true", help="1 round, 1 step, no memory or profile step")
+    ap.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                    help="model weights and activations (ComfyUI's inference dtype)")
+    ap.add_argument("--compile", action="store_true",
+                    help="add baseline / GAG / PLADIS under TorchCompileModel (inductor), against their own baseline")
+    ap.add_argument("--chart", action="store_true", help="add GAG / PLADIS with the web chart's statistics on")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.steps, args.memory, args.profile = 1, 1, False, False
@@ -462,7 +508,7 @@ def main() -> int:
     device = "cuda " + torch.cuda.get_device_name() if torch.cuda.is_available() else \
         f"cpu, {torch.get_num_threads()} threads"
     print(f"ComfyUI {comfy_version(path)}, host attention {host_attention.optimized_attention.__name__}, {device}, "
-          f"torch {torch.__version__}, float32, euler/normal {args.steps} step(s), {args.rounds} interleaved "
+          f"torch {torch.__version__}, {args.dtype}, euler/normal {args.steps} step(s), {args.rounds} interleaved "
           f"round(s), depth {args.depth}, load average {os.getloadavg()[0]:.1f}, "
           f"GAG_COMPILE={os.environ.get('GAG_COMPILE', 'auto')}", flush=True)
     for key in args.models:

@@ -418,11 +418,36 @@ def gag_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, method: 
     b, h, n, _ = q.shape
     mask4 = check_mask(mask, b, h, n, k.shape[2])
     o_d_full = None if dense is None else _call_dense(dense, q, k, v, mask, (b, h, n, v.shape[3]))[0]
+    if _compiling():  # one custom op in the compiled graph; its body is the eager call below
+        out, sums = _ops().guided_cross(q, k, v, o_d_full, mask4, method, float(scale), float(beta),
+                                        float(tau or 0.0), float(alpha), float(sm), stats is not None)
+        if stats is not None:
+            stats.add_sums(sums, tokens=b * h * n)
+        return out
+    return _cross_guided(q, k, v, mask4, o_d_full, method, scale, beta, tau, alpha, sm, stats, max_chunk_bytes)
+
+
+def _cross_guided(q, k, v, mask4, o_d_full, method, scale, beta, tau, alpha, sm, stats, max_chunk_bytes):
+    """gag_attention after validation and the dense pass: the self-checked kernel, else the PyTorch path."""
     rule = rule_for_stats(method, scale, beta, tau, stats)
     fused = _cross_kernel(q, k, v, mask4, o_d_full, rule, alpha, sm, stats)
     if fused is not None:
         return fused
     return _cross_torch(q, k, v, mask4, o_d_full, rule, alpha, sm, stats, max_chunk_bytes)
+
+
+def _compiling() -> bool:
+    """True while torch.compile traces the caller (then the guided part goes through gag_core.kernels.ops)."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is None or not hasattr(compiler, "is_compiling") or not hasattr(torch.library, "custom_op"):
+        return False  # torch < 2.4: no custom ops; the Python dispatch is traced as before
+    return compiler.is_compiling()
+
+
+def _ops():
+    from .kernels import ops
+
+    return ops
 
 
 def _guided_segments(guided_rows, text: tuple[int, int], n: int, length: int) -> list[tuple[int, int]]:
@@ -472,10 +497,24 @@ def joint_gag_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, te
         o_d, lse = dense_attention_with_lse(q, k, v, mask4, softmax_scale=sm)
     if not segments:  # no image rows: nothing to guide
         return o_d.to(q.dtype)
+    if _compiling():  # one custom op in the compiled graph; its body is the eager call below
+        out, sums = _ops().guided_joint(q, k, v, o_d, lse, mass, mask4, text[0], text[1],
+                                        [x for seg in segments for x in seg], method, float(scale), float(beta),
+                                        float(tau or 0.0), float(alpha), float(sm), stats is not None)
+        if stats is not None:
+            stats.add_sums(sums, tokens=b * h * sum(c - a for a, c in segments))
+        return out
+    # o_d is this call's own (gag_core's SDPA, or the chain's fresh output): guided rows overwrite it in place
+    return _joint_guided(q, k, v, mask4, o_d, lse, text, segments, method, scale, beta, tau, alpha, sm, stats,
+                         max_chunk_bytes, mass, in_place=True)
+
+
+def _joint_guided(q, k, v, mask4, o_d, lse, text, segments, method, scale, beta, tau, alpha, sm, stats,
+                  max_chunk_bytes, mass, in_place):
+    """joint_gag_attention after validation and the dense pass: the self-checked kernel, else the PyTorch path."""
     rule = rule_for_stats(method, scale, beta, tau, stats)
     fused = _joint_kernel(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm, stats, max_chunk_bytes, mass)
     if fused is not None:
         return fused
-    # o_d is this call's own (gag_core's SDPA, or the chain's fresh output): guided rows overwrite it in place
     return _joint_torch(q, k, v, mask4, o_d, lse, text, segments, rule, alpha, sm, stats, max_chunk_bytes, mass,
-                        in_place=True)
+                        in_place=in_place)

@@ -190,12 +190,17 @@ def unsupported_reason_joint(q, k, v, *, text_range, lse, o_dense, alpha, mask=N
 def _config(m_keys: int, qk_d: int, v_d: int, elem_bytes: int = 2) -> dict:
     """Tile sizes: all keys of BLOCK_N rows in registers (~32 logits a thread), ≤ 16 KiB of k or v per step.
 
-    Checked by compiling for sm_80 and sm_90 without a GPU (Triton 3.9's ptxas): no register spills at the SDXL
-    and FLUX shapes; not yet timed on a GPU (benchmarks/bench_kernels.py --sweep searches around it).
+    Checked by gag_core.kernels.resources (tests/test_kernel_resources.py): compiled for sm_80/86/89/90 without
+    a GPU at every launch class; the spills that remain are listed in docs/gpu.md. Not yet timed on a GPU
+    (benchmarks/bench_kernels.py --sweep searches around it). A head_dim that is not a multiple of 16 (SD1.5's
+    40) gets 16-column steps: its strides are not specialised as 16-divisible, so k and v load element by
+    element, and wider steps spilled (592 B at D = 40).
     """
     block_m = max(16, _next_pow2(m_keys))
     block_n = max(16, min(64, 4096 // block_m))
     block_d = max(16, min(64, _next_pow2(max(qk_d, v_d)), 16384 // (block_m * elem_bytes)))
+    if qk_d % 16 or v_d % 16:
+        block_d = 16
     num_warps = 4 if block_m <= 128 else 8 if block_m <= 512 else 16
     block_mc = min(block_m, 128)
     return {"BLOCK_N": block_n, "BLOCK_M": block_m, "BLOCK_MC": block_mc, "BLOCK_D": block_d, "num_warps": num_warps}
@@ -221,9 +226,12 @@ def _c(x) -> int:
     return int(getattr(x, "value", x))
 
 
-def _launch(*, q, k, v, out, o_dense, lse, mask_kind, mask_t, mask_strides, mode, method, scale, beta, tau,
-            alpha, softmax_scale, segments, stats_buf=None, config=None):
-    """Launch the fused kernel over the (at most two) query row `segments`; None if it fails."""
+def _launch_spec(*, q, k, v, out, o_dense, lse, mask_kind, mask_t, mask_strides, mode, method, scale, beta, tau,
+                 alpha, softmax_scale, segments, stats_buf=None, config=None):
+    """(grid, args, constexprs, options) of one launch over the (at most two) query row `segments`; grid[0] may be 0.
+
+    Needs only the tensors' shapes, strides, dtypes and addresses, so gag_core.kernels.resources compiles the
+    same launch ahead of time from CPU tensors."""
     module = _load()
     b, h, n_rows, qk_d = q.shape
     m_keys, v_d = k.shape[2], v.shape[3]
@@ -232,8 +240,6 @@ def _launch(*, q, k, v, out, o_dense, lse, mask_kind, mask_t, mask_strides, mode
     (s0, e0), (s1, e1) = (list(segments) + [(0, 0), (0, 0)])[:2]
     nb0 = _cdiv(e0 - s0, block_n)
     grid = (nb0 + _cdiv(e1 - s1, block_n), b * h)
-    if grid[0] == 0:
-        return out
     od = o_dense if o_dense is not None else out  # unused placeholders keep the signature fixed
     od_strides = o_dense.stride() if o_dense is not None else (0, 0, 0, 0)
     ls = lse if lse is not None else out
@@ -255,17 +261,25 @@ def _launch(*, q, k, v, out, o_dense, lse, mask_kind, mask_t, mask_strides, mode
         TOL=1e-4 if _c(alpha_kind) != _c(module.ALPHA_GENERAL) else 1e-5, DOT_F32=dot_f32, DOT_PRECISION="ieee",
         STATS=stats_buf is not None,
     )
+    return grid, args, constants, {"num_warps": cfg["num_warps"], "num_stages": cfg.get("num_stages", 1)}
+
+
+def _launch(**kw):
+    """Launch the fused kernel as `_launch_spec` describes it; None if it fails."""
+    grid, args, constants, options = _launch_spec(**kw)
+    q, out = kw["q"], kw["out"]
+    if grid[0] == 0:
+        return out
     key = (q.device.type, q.dtype, tuple(sorted(constants.items())))
     if key in _failed:
         return None
+    kernel = _load().gag_fused_kernel
     try:
         if q.is_cuda:
             with torch.cuda.device(q.device):
-                module.gag_fused_kernel[grid](*args, **constants, num_warps=cfg["num_warps"],
-                                              num_stages=cfg.get("num_stages", 1))
+                kernel[grid](*args, **constants, **options)
         else:
-            module.gag_fused_kernel[grid](*args, **constants, num_warps=cfg["num_warps"],
-                                          num_stages=cfg.get("num_stages", 1))
+            kernel[grid](*args, **constants, **options)
     except Exception as exc:  # a Triton/driver combination that cannot build or run it: use PyTorch instead
         _failed.add(key)
         warnings.warn(f"gag_core.kernels: the fused Triton kernel failed ({type(exc).__name__}: {exc}); "
@@ -304,6 +318,17 @@ def fused_cross_attention(q, k, v, *, method, scale, beta, tau, alpha, softmax_s
     if unsupported_reason_cross(q, k, v, alpha=alpha, mask=mask, o_dense=o_dense, out=out):
         return None
     method, scale, beta, tau = rule_for_stats(method, scale, beta, tau, stats)
+    kw, stats_buf = _cross_plan(q, k, v, method=method, scale=scale, beta=beta, tau=tau, alpha=alpha,
+                                softmax_scale=softmax_scale, mask=mask, o_dense=o_dense, out=out, stats=stats,
+                                config=config)
+    res = _launch(**kw)
+    if res is not None and stats_buf is not None:
+        _add_stats(stats, stats_buf)
+    return res
+
+
+def _cross_plan(q, k, v, *, method, scale, beta, tau, alpha, softmax_scale, mask, o_dense, out, stats, config):
+    """(`_launch` keywords, statistics buffer or None) of a cross call whose rule is already `rule_for_stats`'."""
     b, h, n, _ = q.shape
     m_keys, v_d = k.shape[2], v.shape[3]
     if out is None:  # q's layout (ComfyUI's (B, N, H, D) views stay views of one (B, N, H·D) buffer)
@@ -311,12 +336,10 @@ def fused_cross_attention(q, k, v, *, method, scale, beta, tau, alpha, softmax_s
     kind, mask_t, mask_strides = _mask_args(mask, (b, h, n, m_keys), 0, m_keys, q.device)
     mode = _load().MODE_CROSS if o_dense is None else _load().MODE_CROSS_DENSE_GIVEN
     stats_buf = _stats_buffer(stats, b, h, n, q.device)
-    res = _launch(q=q, k=k, v=v, out=out, o_dense=o_dense, lse=None, mask_kind=kind, mask_t=mask_t,
-                  mask_strides=mask_strides, mode=mode, method=method, scale=scale, beta=beta, tau=tau,
-                  alpha=alpha, softmax_scale=softmax_scale, segments=[(0, n)], stats_buf=stats_buf, config=config)
-    if res is not None and stats_buf is not None:
-        _add_stats(stats, stats_buf)
-    return res
+    return dict(q=q, k=k, v=v, out=out, o_dense=o_dense, lse=None, mask_kind=kind, mask_t=mask_t,
+                mask_strides=mask_strides, mode=mode, method=method, scale=scale, beta=beta, tau=tau,
+                alpha=alpha, softmax_scale=softmax_scale, segments=[(0, n)], stats_buf=stats_buf,
+                config=config), stats_buf
 
 
 def fused_joint_attention(q, k, v, *, text_range, lse, o_dense, method, scale, beta, tau, alpha, segments=None,
@@ -333,25 +356,35 @@ def fused_joint_attention(q, k, v, *, text_range, lse, o_dense, method, scale, b
                                 out=out):
         return None
     method, scale, beta, tau = rule_for_stats(method, scale, beta, tau, stats)
-    b, h, n, _ = q.shape
-    length = k.shape[2]
     if segments is None:
-        segments = [(0, s), (e, n)]
+        segments = [(0, s), (e, q.shape[2])]
     segments = [(int(a), int(c)) for a, c in segments if c > a]
     if len(segments) > 2:
         return None
-    if out is None:
-        out = torch.empty_like(o_dense, dtype=q.dtype)
-    out.copy_(o_dense)
-    kind, mask_t, mask_strides = _mask_args(mask, (b, h, n, length), s, e, q.device)
-    stats_buf = _stats_buffer(stats, b, h, n, q.device)
-    res = _launch(q=q, k=k[:, :, s:e], v=v[:, :, s:e], out=out, o_dense=o_dense, lse=lse, mask_kind=kind,
-                  mask_t=mask_t, mask_strides=mask_strides, mode=_load().MODE_JOINT, method=method, scale=scale,
-                  beta=beta, tau=tau, alpha=alpha, softmax_scale=softmax_scale, segments=segments,
-                  stats_buf=stats_buf, config=config)
+    kw, stats_buf = _joint_plan(q, k, v, text_range=(s, e), lse=lse, o_dense=o_dense, method=method, scale=scale,
+                                beta=beta, tau=tau, alpha=alpha, segments=segments, softmax_scale=softmax_scale,
+                                mask=mask, out=out, stats=stats, config=config)
+    kw["out"].copy_(o_dense)
+    res = _launch(**kw)
     if res is not None and stats_buf is not None:
         _add_stats(stats, torch.cat([stats_buf[..., a:c] for a, c in segments], dim=-1))  # guided rows only
     return res
+
+
+def _joint_plan(q, k, v, *, text_range, lse, o_dense, method, scale, beta, tau, alpha, segments, softmax_scale,
+                mask, out, stats, config):
+    """(`_launch` keywords, statistics buffer or None) of a joint call (rule as `rule_for_stats` gives it)."""
+    s, e = text_range
+    b, h, n, _ = q.shape
+    length = k.shape[2]
+    if out is None:
+        out = torch.empty_like(o_dense, dtype=q.dtype)
+    kind, mask_t, mask_strides = _mask_args(mask, (b, h, n, length), s, e, q.device)
+    stats_buf = _stats_buffer(stats, b, h, n, q.device)
+    return dict(q=q, k=k[:, :, s:e], v=v[:, :, s:e], out=out, o_dense=o_dense, lse=lse, mask_kind=kind,
+                mask_t=mask_t, mask_strides=mask_strides, mode=_load().MODE_JOINT, method=method, scale=scale,
+                beta=beta, tau=tau, alpha=alpha, softmax_scale=softmax_scale, segments=segments,
+                stats_buf=stats_buf, config=config), stats_buf
 
 
 __all__ = [

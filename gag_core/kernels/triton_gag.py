@@ -17,6 +17,10 @@ GAG is linear in (O_s, Δ) once three per-row dot products are known:
 so pass A accumulates the dot products over head_dim chunks and pass B writes out (PLADIS needs pass B only:
 w_s = 1, w_Δ = s − 1). The head_dim is walked in BLOCK_D chunks so only a (keys, BLOCK_D) slice
 of k or v is staged at a time.
+Register budget (gag_core/kernels/resources.py compiles every launch class for sm_80–90): the mask is the
+logits' starting value (no mask tile beside them), E is normalised where it is formed, E and P_Δ = E − P_d are
+converted to dot operands once, and pass B applies its per-row weights in float32 after the dots
+(w_e·(E·v) + w_d·(P_Δ·v)), so at most the logits and two half-width operand tiles are live at once.
 """
 from __future__ import annotations
 
@@ -57,6 +61,19 @@ def _newton_terms(zs, tau, am1, r, ALPHA_KIND: tl.constexpr):
         f = _row_sum(d_r1 * d) - 1.0
         fp = r * _row_sum(d_r1)
     return f, fp
+
+
+@triton.jit
+def _entmax_terms(zs, tau, am1, r, ALPHA_KIND: tl.constexpr):
+    """(X − τ)_+^r, X = (α−1)·zs: α-entmax before its normalisation.  # (KT, BLOCK_N, BLOCK_MC)"""
+    d = tl.maximum(zs * am1 - tau[None, :, None], 0.0)
+    if ALPHA_KIND == ALPHA_15:
+        out = d * d
+    elif ALPHA_KIND == ALPHA_2:
+        out = d
+    else:
+        out = tl.where(d > 0, tl.exp2(r * tl.log2(tl.where(d > 0, d, 1.0))), 0.0)
+    return out
 
 
 @triton.jit
@@ -124,8 +141,19 @@ def gag_fused_kernel(
     od_base = OD + b * sod_b + h * sod_h
     o_base = OUT + b * so_b + h * so_h
 
-    # ---- logits z = q·kᵀ/√d over head_dim chunks  # (KT, BLOCK_N, BLOCK_MC)
-    z = tl.zeros((KT, BLOCK_N, BLOCK_MC), dtype=tl.float32)
+    # ---- logits z = q·kᵀ/√d (+ mask) over head_dim chunks  # (KT, BLOCK_N, BLOCK_MC)
+    # The mask is the dot's starting value (in units of 1/scale), so no mask tile is live beside z:
+    # bool → 0 or −inf; additive → mask/scale, −inf kept, finite values kept finite.
+    if MASK_KIND == MASK_NONE:
+        z = tl.zeros((KT, BLOCK_N, BLOCK_MC), dtype=tl.float32)
+    else:
+        mk = tl.load(MASK + b * smk_b + h * smk_h + rows[None, :, None] * smk_n + keys * smk_m,
+                     mask=row_ok[None, :, None] & key_ok, other=0)
+        if MASK_KIND == MASK_BOOL:
+            z = tl.where(mk != 0, 0.0, float("-inf"))
+        else:
+            mkf = mk.to(tl.float32)
+            z = tl.where(mkf > float("-inf"), tl.maximum(mkf / sm_scale, -3.0e38), mkf)
     for d0 in range(0, QK_D, BLOCK_D):
         d_ok = (d0 + dd) < QK_D
         qc = tl.load(q_base + rows[:, None] * sq_n + (d0 + dd)[None, :] * sq_d, mask=row_ok[:, None] & d_ok[None, :],
@@ -138,14 +166,6 @@ def gag_fused_kernel(
             kt = kt.to(tl.float32)
         z = tl.dot(qc, kt, z, input_precision=DOT_PRECISION)  # kt = k[keys, d0:d0+BLOCK_D]ᵀ per chunk
     z = z * sm_scale
-    if MASK_KIND == MASK_BOOL:
-        mk = tl.load(MASK + b * smk_b + h * smk_h + rows[None, :, None] * smk_n + keys * smk_m,
-                     mask=row_ok[None, :, None] & key_ok, other=0)
-        z = tl.where(mk != 0, z, float("-inf"))
-    if MASK_KIND == MASK_ADD:
-        mk = tl.load(MASK + b * smk_b + h * smk_h + rows[None, :, None] * smk_n + keys * smk_m,
-                     mask=row_ok[None, :, None] & key_ok, other=0.0)
-        z = z + mk.to(tl.float32)
     z = tl.where(key_ok, z, float("-inf"))
     row_max = _row_max(z)
     has_key = row_max > float("-inf")  # False on fully masked rows: they get E = P_d = 0
@@ -192,18 +212,24 @@ def gag_fused_kernel(
         else:
             tau_x = mean_s - 1.0 / k_safe
         tau = tl.where(k_s > 0, tau_x, tau)
-    d_fin = tl.maximum(zs * am1 - tau[None, :, None], 0.0)
-    if ALPHA_KIND == ALPHA_15:
-        ent = d_fin * d_fin
-    elif ALPHA_KIND == ALPHA_2:
-        ent = d_fin
-    else:
-        ent = tl.where(d_fin > 0, tl.exp2(r * tl.log2(tl.where(d_fin > 0, d_fin, 1.0))), 0.0)
-    e_sum = _row_sum(ent)
-    ent = ent / tl.where(e_sum > 0, e_sum, 1.0)[None, :, None]  # E
+    # E = (X − τ)_+^r / Σ: the sum first, then E where it is used, so no unnormalised tile stays live beside zs
+    e_sum = _row_sum(_entmax_terms(zs, tau, am1, r, ALPHA_KIND))
+    inv_e = 1.0 / tl.where(e_sum > 0, e_sum, 1.0)
 
-    # ---- the probability rows whose product with v gives Δ = (E − P_d)·v (zs dies here)
-    p_delta = ent - tl.exp(zs) * inv_l[None, :, None]
+    # ---- the probability rows as dot operands, converted once (v's dtype, or float32): E and
+    # P_Δ = E − P_d, whose products with v give O_s = E·v and Δ = P_Δ·v. zs and the float32 tiles die here.
+    if DOT_F32:
+        p_dt = tl.float32
+    else:
+        p_dt = V.dtype.element_ty
+    ent = _entmax_terms(zs, tau, am1, r, ALPHA_KIND) * inv_e[None, :, None]  # E
+    p_delta = (ent - tl.exp(zs) * inv_l[None, :, None]).to(p_dt)
+    p_e = p_delta  # E as a dot operand where pass A or B reads it (below); else unused
+    if METHOD == METHOD_GAG:
+        if MODE != MODE_CROSS_DENSE_GIVEN:
+            p_e = ent.to(p_dt)
+    elif MODE == MODE_CROSS:  # PLADIS cross: out = O_s + (s − 1)·Δ = (E + (s − 1)·P_Δ)·v, one tile
+        p_delta = (ent + (guidance - 1.0) * (ent - tl.exp(zs) * inv_l[None, :, None])).to(p_dt)
 
     if METHOD == METHOD_GAG:
         # ---- pass A: ‖O_s‖², ⟨Δ, O_s⟩, ‖Δ‖² over head_dim chunks
@@ -216,7 +242,7 @@ def gag_fused_kernel(
             if MODE == MODE_CROSS_DENSE_GIVEN:
                 o_s = _load_rows(od_base, rows, row_ok, sod_n, sod_d, d0, V_D, BLOCK_D) + delta
             else:
-                o_s = _pv(ent, vc, DOT_PRECISION)
+                o_s = _pv(p_e, vc, DOT_PRECISION)
             ss += tl.sum(o_s * o_s, 1)
             ds += tl.sum(delta * o_s, 1)
             dd2 += tl.sum(delta * delta, 1)
@@ -245,19 +271,28 @@ def gag_fused_kernel(
         w_s = tl.full((BLOCK_N,), 1.0, dtype=tl.float32)
         w_delta = tl.full((BLOCK_N,), 0.0, dtype=tl.float32) + (guidance - 1.0)
 
-    # ---- pass B: out = p_out·v (+ od_w·O_d), written chunk by chunk
+    # ---- pass B: out = w_e·(E·v) + w_d·(P_Δ·v) + od_w·O_d, weights per row in float32, chunk by chunk
     if MODE == MODE_CROSS:
-        p_out = w_s[None, :, None] * ent + w_delta[None, :, None] * p_delta  # w_s·O_s + w_Δ·Δ
+        w_e = w_s  # w_s·O_s + w_Δ·Δ (PLADIS: P_Δ already holds E + (s − 1)·P_Δ, weight 1)
+        if METHOD == METHOD_GAG:
+            w_d = w_delta
+        else:
+            w_d = w_s
+        od_w = w_s  # unused
     if MODE == MODE_CROSS_DENSE_GIVEN:
-        p_out = (w_s + w_delta)[None, :, None] * p_delta  # + w_s·O_d
+        w_e = w_s  # unused
+        w_d = w_s + w_delta  # w_s·O_d + (w_s + w_Δ)·Δ
         od_w = w_s
     if MODE == MODE_JOINT:
-        p_out = mass[None, :, None] * ((w_s - 1.0)[None, :, None] * ent + (1.0 + w_delta)[None, :, None] * p_delta)
-        od_w = tl.full((BLOCK_N,), 1.0, dtype=tl.float32)  # + O_d
+        w_e = mass * (w_s - 1.0)  # O_d + m·((w_s − 1)·O_s^t + (1 + w_Δ)·Δ)
+        w_d = mass * (1.0 + w_delta)
+        od_w = tl.full((BLOCK_N,), 1.0, dtype=tl.float32)
     for d0 in range(0, V_D, BLOCK_D):
         vc = _load_v(v_base, sv_m, sv_d, d0, M, V_D, KT, BLOCK_MC, BLOCK_D, DOT_F32)
-        acc = _pv(p_out, vc, DOT_PRECISION)  # (BLOCK_N, BLOCK_D)
+        acc = w_d[:, None] * _pv(p_delta, vc, DOT_PRECISION)  # (BLOCK_N, BLOCK_D)
+        if METHOD == METHOD_GAG and MODE != MODE_CROSS_DENSE_GIVEN:
+            acc += w_e[:, None] * _pv(p_e, vc, DOT_PRECISION)
         if MODE != MODE_CROSS:
-            acc = acc + od_w[:, None] * _load_rows(od_base, rows, row_ok, sod_n, sod_d, d0, V_D, BLOCK_D)
+            acc += od_w[:, None] * _load_rows(od_base, rows, row_ok, sod_n, sod_d, d0, V_D, BLOCK_D)
         tl.store(o_base + rows[:, None] * so_n + (d0 + dd)[None, :] * so_d, acc.to(OUT.dtype.element_ty),
                  mask=row_ok[:, None] & ((d0 + dd) < V_D)[None, :])
