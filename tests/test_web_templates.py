@@ -24,6 +24,13 @@ OPEN_TEMPLATES = """async () => {
   await app.extensionManager.command.execute('Comfy.BrowseTemplates');
 }"""
 
+# Scroll every scrollable part of the open dialog half a screen further down, back to the top at the bottom.
+SCROLL_DIALOG = """() => { for (const el of document.querySelectorAll('[role=dialog], [role=dialog] *'))
+  if (el.scrollHeight > el.clientHeight + 1) {
+    if (el.scrollTop + el.clientHeight >= el.scrollHeight - 1) el.scrollTop = 0;
+    else el.scrollTop += el.clientHeight / 2; } }"""
+SCROLL_TOP = """() => { for (const el of document.querySelectorAll('[role=dialog] *')) el.scrollTop = 0; }"""
+
 # Images in the open dialog that finished loading (the front end shows fetched thumbnails as blob: URLs).
 LOADED_IMAGES = """() => [...document.querySelectorAll('[role=dialog] img')]
   .filter((i) => i.complete && i.naturalWidth > 0).length"""
@@ -40,8 +47,15 @@ def test_templates_dialog_shows_the_workflows_with_thumbnails(server, browser, t
         page.js(OPEN_TEMPLATES)
         # the dialog lists custom node packs under "Extensions", each by its folder name
         page.page.get_by_text(PACK_DIR, exact=True).first.click()
-        try:
-            page.page.wait_for_function(f"() => ({LOADED_IMAGES})() >= {len(expected)}", timeout=60_000)
+        try:  # the first screen of cards, then half a screen at a time: cards load their images when shown
+            page.page.wait_for_function(f"() => ({LOADED_IMAGES})() >= {min(len(expected), 4)}", timeout=60_000)
+            for _ in range(60):
+                if set(expected) <= set(fetched):
+                    break
+                page.js(SCROLL_DIALOG)
+                page.page.wait_for_timeout(1000)
+            assert set(expected) <= set(fetched)
+            page.js(SCROLL_TOP)
         except Exception:
             page.page.screenshot(path=str(tmp_path / "templates-timeout.png"))
             pytest.fail(f"the dialog's images did not load: {page.js(LOADED_IMAGES)} loaded; fetched {fetched}")
