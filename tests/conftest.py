@@ -70,6 +70,31 @@ def load_pack(name: str = PACK_NAME):
     return module
 
 
+def seeded_patcher(model_config, seed: int = 0, dtype=None, buffers: bool = False):
+    """A CPU ModelPatcher around `model_config`'s tiny model, weights redrawn from `seed`: matrices N(0, 1/fan_in),
+    vectors N(0, 0.02²) (+1 for norms) so attention logits are not degenerate; `buffers`: float buffers N(0, 0.25)
+    too (SD3's pos_embed is torch.empty)."""
+    import torch
+    from comfy.model_patcher import ModelPatcher
+
+    model_config.set_inference_dtype(torch.float32 if dtype is None else dtype, None)
+    base = model_config.get_model({})
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in base.diffusion_model.named_parameters():
+            if p.ndim >= 2:
+                w = torch.randn(p.shape, generator=gen) / p.shape[1] ** 0.5
+            else:
+                w = torch.randn(p.shape, generator=gen) * 0.02 + (1.0 if "norm" in name else 0.0)
+            p.copy_(w.to(p.dtype))
+        for buf in base.diffusion_model.buffers() if buffers else ():
+            if buf.is_floating_point():
+                buf.copy_((torch.randn(buf.shape, generator=gen) * 0.5).to(buf.dtype))
+    base.diffusion_model.eval()
+    cpu = torch.device("cpu")
+    return ModelPatcher(base, load_device=cpu, offload_device=cpu)
+
+
 @pytest.fixture(scope="session")
 def comfyui_path() -> Path:
     return add_comfyui_to_path()

@@ -9,16 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from test_coverage import REPO, cov  # noqa: F401  (fixture)
+
 pytestmark = pytest.mark.comfyui
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def cov():
-    spec = importlib.util.spec_from_file_location("gag_coverage_tool", REPO / "tools" / "coverage.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import seeded_patcher
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("sd15", "sdxl", "flux1", "flux2", "qwen_image", "sd3")
 TEXT_DIM = {"sd15": 64, "sdxl": 64}  # others: 32
@@ -118,22 +120,7 @@ class Comfy:
         """A seeded tiny model of `family` in a CPU ModelPatcher."""
         cls_name, config = CONFIGS[family]
         model_config = getattr(self.supported_models, cls_name)(config)
-        model_config.set_inference_dtype(dtype, None)
-        base = model_config.get_model({})
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for name, p in base.diffusion_model.named_parameters():
-                if p.ndim >= 2:
-                    w = torch.randn(p.shape, generator=gen) / p.shape[1] ** 0.5
-                else:
-                    w = torch.randn(p.shape, generator=gen) * 0.02 + (1.0 if "norm" in name else 0.0)
-                p.copy_(w.to(p.dtype))
-            for name, buf in base.diffusion_model.named_buffers():  # e.g. SD3's pos_embed is torch.empty
-                if buf.is_floating_point():
-                    buf.copy_((torch.randn(buf.shape, generator=gen) * 0.5).to(buf.dtype))
-        base.diffusion_model.eval()
-        cpu = torch.device("cpu")
-        return self.model_patcher.ModelPatcher(base, load_device=cpu, offload_device=cpu)
+        return seeded_patcher(model_config, seed, dtype, buffers=True)
 
     @staticmethod
     def conditioning(family: str, length: int = 7, batch: int = 1, seed: int = 1, reference=None):

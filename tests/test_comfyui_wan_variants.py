@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import seeded_patcher
 from test_comfyui_nodes import GAG, Recorder
 from test_comfyui_tiny import comfy  # noqa: F401  (fixture)
 from test_comfyui_video import CallLog
@@ -97,17 +98,7 @@ def build(comfy, variant: str, seed: int = 0):
     if not hasattr(model_base, base_name):
         pytest.skip(f"this ComfyUI has no model_base.{base_name}")
     model_config = getattr(comfy.supported_models, cls_name)(dict(BASE, **overrides))
-    model_config.set_inference_dtype(torch.float32, None)
-    base = model_config.get_model({})
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in base.diffusion_model.named_parameters():
-            w = torch.randn(p.shape, generator=gen) / p.shape[1] ** 0.5 if p.ndim >= 2 else \
-                torch.randn(p.shape, generator=gen) * 0.02 + (1.0 if "norm" in name else 0.0)
-            p.copy_(w.to(p.dtype))
-    base.diffusion_model.eval()
-    cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(base, load_device=cpu, offload_device=cpu)
+    return seeded_patcher(model_config, seed)
 
 
 def sample(comfy, model, variant: str):

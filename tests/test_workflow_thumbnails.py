@@ -1,9 +1,7 @@
 """A thumbnail beside each bundled workflow, as the Templates browser asks for it, and served by the host's route."""
 from __future__ import annotations
 
-import asyncio
 import io
-import sys
 
 import numpy as np
 import pytest
@@ -35,33 +33,7 @@ def test_the_hosts_template_route_serves_each_thumbnail(comfyui_path, tmp_path, 
     """0.33 serves the pack's workflows/ folder statically: the .jpg beside each .json loads at the URL the front
     end builds (0.38's handler serves .json only: there the cards fall back to no image)."""
     wu.init_host_nodes()
-    import folder_paths
-    from aiohttp import web
-    from aiohttp.test_utils import TestClient, TestServer
-
-    monkeypatch.delitem(sys.modules, "utils", raising=False)  # as in test_workflows_comfyui.py
-    monkeypatch.syspath_prepend(str(comfyui_path))
-    from app.custom_node_manager import CustomNodeManager
-
-    custom_nodes = tmp_path / "custom_nodes"
-    custom_nodes.mkdir()
-    (custom_nodes / PACK_FOLDER).symlink_to(wu.REPO_ROOT, target_is_directory=True)
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "custom_nodes", ([str(custom_nodes)], set()))
-
-    async def run():
-        app = web.Application()
-        routes = web.RouteTableDef()
-        CustomNodeManager().add_routes(routes, app, [(PACK_FOLDER, str(custom_nodes / PACK_FOLDER))])
-        app.add_routes(routes)
-        async with TestClient(TestServer(app)) as client:
-            listing = await (await client.get("/workflow_templates")).json()
-            served = {}
-            for path in PATHS:
-                resp = await client.get(f"/api/workflow_templates/{PACK_FOLDER}/{path.stem}.jpg")
-                served[path.stem] = (resp.status, resp.content_type, await resp.read())
-            return listing, served
-
-    listing, served = asyncio.run(run())
+    listing, served = wu.serve_templates(comfyui_path, tmp_path, monkeypatch, PACK_FOLDER, ".jpg")
     assert sorted(listing.get(PACK_FOLDER, [])) == sorted(p.stem for p in PATHS)  # the .jpg files are not listed
     for path in PATHS:
         status, ctype, body = served[path.stem]

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -385,37 +384,9 @@ def test_real_front_end_schema_accepts_the_workflows(tmp_path):
 
 def test_template_browser_lists_and_serves_the_workflows(host, comfyui_path, tmp_path, monkeypatch):
     """ComfyUI's /workflow_templates lists workflows/ under the pack folder and serves each file."""
-    import folder_paths
-    from aiohttp import web
-    from aiohttp.test_utils import TestClient, TestServer
-
-    # ComfyUI's nodes.py puts comfy/ first on sys.path, so `utils` there is comfy/utils.py; the server imports
-    # the top-level utils package before that. Import it from the checkout root for this test.
-    monkeypatch.delitem(sys.modules, "utils", raising=False)
-    monkeypatch.syspath_prepend(str(comfyui_path))
-    from app.custom_node_manager import CustomNodeManager
-
-    custom_nodes = tmp_path / "custom_nodes"
-    custom_nodes.mkdir()
-    (custom_nodes / PACK_FOLDER).symlink_to(wu.REPO_ROOT, target_is_directory=True)
-    monkeypatch.setitem(folder_paths.folder_names_and_paths, "custom_nodes", ([str(custom_nodes)], set()))
-
-    async def run():
-        app = web.Application()
-        routes = web.RouteTableDef()
-        CustomNodeManager().add_routes(routes, app, [(PACK_FOLDER, str(custom_nodes / PACK_FOLDER))])
-        app.add_routes(routes)
-        async with TestClient(TestServer(app)) as client:
-            listing = await (await client.get("/workflow_templates")).json()
-            served = {}
-            for name in listing.get(PACK_FOLDER, []):
-                resp = await client.get(f"/api/workflow_templates/{PACK_FOLDER}/{name}.json")
-                served[name] = (resp.status, await resp.read())
-            return listing, served
-
-    listing, served = asyncio.run(run())
+    listing, served = wu.serve_templates(comfyui_path, tmp_path, monkeypatch, PACK_FOLDER, ".json")
     assert sorted(listing.get(PACK_FOLDER, [])) == sorted(p.stem for p in PATHS)
     for path in PATHS:
-        status, body = served[path.stem]
+        status, _, body = served[path.stem]
         assert status == 200
         assert json.loads(body) == wu.load_workflow(path)

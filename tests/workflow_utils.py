@@ -711,3 +711,37 @@ if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
     write_snapshot(add_missing=sys.argv[2:] == ["--add-missing"])
     print(f"wrote {SNAPSHOT_PATH}")
+
+
+def serve_templates(comfyui_path: Path, tmp_path: Path, monkeypatch, pack_folder: str, suffix: str):
+    """The host's /workflow_templates listing for a custom_nodes folder that links this repository as
+    `pack_folder`, and each listed template's `suffix` file as the host serves it: {name: (status, type, body)}."""
+    import folder_paths
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    # ComfyUI's nodes.py puts comfy/ first on sys.path, so `utils` there is comfy/utils.py; the server imports
+    # the top-level utils package before that. Import it from the checkout root.
+    monkeypatch.delitem(sys.modules, "utils", raising=False)
+    monkeypatch.syspath_prepend(str(comfyui_path))
+    from app.custom_node_manager import CustomNodeManager
+
+    custom_nodes = tmp_path / "custom_nodes"
+    custom_nodes.mkdir()
+    (custom_nodes / pack_folder).symlink_to(REPO_ROOT, target_is_directory=True)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "custom_nodes", ([str(custom_nodes)], set()))
+
+    async def run():
+        app = web.Application()
+        routes = web.RouteTableDef()
+        CustomNodeManager().add_routes(routes, app, [(pack_folder, str(custom_nodes / pack_folder))])
+        app.add_routes(routes)
+        async with TestClient(TestServer(app)) as client:
+            listing = await (await client.get("/workflow_templates")).json()
+            served = {}
+            for name in listing.get(pack_folder, []):
+                resp = await client.get(f"/api/workflow_templates/{pack_folder}/{name}{suffix}")
+                served[name] = (resp.status, resp.content_type, await resp.read())
+            return listing, served
+
+    return asyncio.run(run())
