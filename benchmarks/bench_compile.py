@@ -28,14 +28,10 @@ from test_comfyui_tiny import Comfy  # noqa: E402
 CONFIGS = ("eager", "eager + GAG", "compiled", "compiled, then GAG", "GAG, then compiled")
 
 
-def run_one(config: str, family: str, size: int, steps: int) -> None:
-    """Time one configuration (a fresh process each, so no compiled graph is shared between them)."""
-    # dynamo's default recompile limit (8), as in ComfyUI: frames past it run eagerly, in every configuration
+def _host(family: str):
+    """The host with its extra nodes, the tiny `family` model, and the GAG (λ 5) and TorchCompileModel patches."""
     c = Comfy()
     asyncio.run(c.nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    from torch._dynamo.utils import counters
-
-    base = c.build(family)
 
     def gag(m):
         return c.run_node("GeometryAwareAttentionGuidanceAdvanced", model=m, method="gag", scale=5.0, beta=0.0,
@@ -43,6 +39,16 @@ def run_one(config: str, family: str, size: int, steps: int) -> None:
 
     def compiled(m):
         return c.run_node("TorchCompileModel", model=m, backend="inductor")
+
+    return c, c.build(family), gag, compiled
+
+
+def run_one(config: str, family: str, size: int, steps: int) -> None:
+    """Time one configuration (a fresh process each, so no compiled graph is shared between them)."""
+    # dynamo's default recompile limit (8), as in ComfyUI: frames past it run eagerly, in every configuration
+    from torch._dynamo.utils import counters
+
+    c, base, gag, compiled = _host(family)
 
     model = {"eager": lambda: base, "eager + GAG": lambda: gag(base), "compiled": lambda: compiled(base),
              "compiled, then GAG": lambda: gag(compiled(base)), "GAG, then compiled": lambda: compiled(gag(base))}
@@ -68,17 +74,10 @@ def interleaved(family: str, size: int, steps: int, rounds: int = 7) -> None:
     a shared machine's changing load falls on every configuration alike."""
     import statistics
 
-    c = Comfy()
-    asyncio.run(c.nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     from torch._dynamo.utils import counters
 
-    base = c.build(family)
-
-    def gag(m):
-        return c.run_node("GeometryAwareAttentionGuidanceAdvanced", model=m, method="gag", scale=5.0, beta=0.0,
-                          tau=15.0, alpha=1.5, start_percent=0.0, end_percent=1.0, blocks="auto")
-
-    compiled = c.run_node("TorchCompileModel", model=base, backend="inductor")
+    c, base, gag, to_compiled = _host(family)
+    compiled = to_compiled(base)
     models = {"eager": base, "eager + GAG": gag(base), "compiled": compiled, "compiled, then GAG": gag(compiled)}
     outs, warm = {}, {}
     for label, m in models.items():
