@@ -95,8 +95,8 @@ class GAGTestTinyText:
 NODE_CLASS_MAPPINGS = {"GAGTestTinySD15": GAGTestTinySD15, "GAGTestTinyText": GAGTestTinyText}
 '''
 
-# Builds, in the page, tiny model -> {GAG, GAG advanced} -> KSampler -> SaveLatent; returns the two GAG node ids.
-BUILD_TINY_GRAPH = """([steps]) => {
+# Opens a page-side graph builder: clears the graph and defines add(type, x, y, {widget: value}) -> node.
+GRAPH_BUILDER = """
   const app = window.comfyAPI.app.app, LG = window.LiteGraph, g = app.graph;
   g.clear();
   const add = (type, x, y, values = {}) => {
@@ -104,6 +104,10 @@ BUILD_TINY_GRAPH = """([steps]) => {
     for (const [k, v] of Object.entries(values)) n.widgets.find((w) => w.name === k).value = v;
     return n;
   };
+"""
+
+# Builds, in the page, tiny model -> {GAG, GAG advanced} -> KSampler -> SaveLatent; returns the two GAG node ids.
+BUILD_TINY_GRAPH = """([steps]) => {""" + GRAPH_BUILDER + """
   const model = add("GAGTestTinySD15", 20, 20);
   const pos = add("GAGTestTinyText", 20, 170, {seed: 1, tokens: 7});
   const neg = add("GAGTestTinyText", 20, 330, {seed: 2, tokens: 9});

@@ -9,19 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from test_web_e2e import Page, browser, playwright_api, server  # noqa: F401  (fixtures)
+from test_web_e2e import GRAPH_BUILDER, Page, browser, playwright_api, server  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.browser, pytest.mark.slow]
 
 # tiny model -> GAG advanced (window without a step, or the default) -> KSampler (2 steps) -> SaveLatent
-BUILD = """([start, end]) => {
-  const app = window.comfyAPI.app.app, LG = window.LiteGraph, g = app.graph;
-  g.clear();
-  const add = (type, x, y, values = {}) => {
-    const n = LG.createNode(type); n.pos = [x, y]; g.add(n);
-    for (const [k, v] of Object.entries(values)) n.widgets.find((w) => w.name === k).value = v;
-    return n;
-  };
+BUILD = """([start, end]) => {""" + GRAPH_BUILDER + """
   const model = add("GAGTestTinySD15", 20, 20);
   const pos = add("GAGTestTinyText", 20, 170, {seed: 1, tokens: 7});
   const neg = add("GAGTestTinyText", 20, 330, {seed: 2, tokens: 7});
