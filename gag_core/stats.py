@@ -11,6 +11,11 @@ import torch
 _FIELDS = ("rel_guidance_sum", "capped", "parallel_energy", "orthogonal_energy")
 
 
+def sums_dtype(device: torch.device) -> torch.dtype:
+    """The sums' dtype: float64 where the device has it (a video step adds ~10⁸ (token, head) terms)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 class GuidanceStats:
     """Sums over (token, head) of ‖λ·c·G‖/‖O_s‖, capped count, ‖Δ∥‖² and ‖Δ⊥‖²; `calls` counts attention calls."""
 
@@ -27,8 +32,7 @@ class GuidanceStats:
         rel = update_norm.float() / o_sparse_norm.float().clamp_min(eps)
         part = torch.stack([rel.sum(), capped.sum().float(), delta_par_sq.float().sum(),
                             delta_perp_sq.float().sum()])  # (4,)
-        # float64 where the device has it: a video step adds ~10⁸ (token, head) terms
-        part = part.to(torch.float32 if part.device.type == "mps" else torch.float64)
+        part = part.to(sums_dtype(part.device))
         self._sums = part if self._sums is None or self._sums.device != part.device else self._sums.add_(part)
         self.tokens += rel.numel()
         self.calls += 1

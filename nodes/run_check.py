@@ -41,11 +41,8 @@ def notify(message: str, node_key=None, level: str = "warning") -> bool:
     server = _server()
     client = getattr(server, "client_id", None) if server is not None else None
     try:
-        prompt_id = telemetry.TELEMETRY.prompt_id() if telemetry.TELEMETRY.prompt_id is not None else None
-    except Exception:
-        prompt_id = None
-    try:
-        sender(NOTICE_EVENT, {"node": None if node_key is None else str(node_key), "prompt_id": prompt_id,
+        sender(NOTICE_EVENT, {"node": None if node_key is None else str(node_key),
+                              "prompt_id": telemetry.TELEMETRY.current_prompt_id(),
                               "level": level, "message": message}, client)
         return True
     except Exception as e:  # the notice must never break a run
@@ -125,7 +122,7 @@ class RunWatch:
         self.patch.tally = tally
         self.patch.compiled = compile_note(options, getattr(patcher, "model", None))
         node_key = getattr(getattr(self.patch, "settings", None), "node_key", None)
-        self.drop_stats(node_key)  # a step cut off before this run never reaches its chart
+        telemetry.TELEMETRY.drop_step(node_key)  # a step cut off before this run never reaches its chart
         finished = False
         try:
             out = executor(*args, **kwargs)
@@ -135,16 +132,9 @@ class RunWatch:
             compiled = self.patch.compiled
             self.patch.tally, self.patch.compiled = outer, outer_compiled
             if not finished:
-                self.drop_stats(node_key)  # interrupted or failed: no statistics, no verdict on a partial run
+                telemetry.TELEMETRY.drop_step(node_key)  # cut off: no statistics, no verdict
             else:
                 self.report(tally, compiled, node_key)
-
-    @staticmethod
-    def drop_stats(node_key) -> None:
-        """Forget the chart statistics of `node_key`'s unfinished step (nothing is sent)."""
-        steps = getattr(telemetry.TELEMETRY, "_steps", None)
-        if node_key is not None and isinstance(steps, dict):
-            steps.pop(str(node_key), None)
 
     def report(self, tally: RunTally, compiled=None, node_key=None) -> str | None:
         """Log (and send to the browser) what a finished run did not guide; returns the message."""

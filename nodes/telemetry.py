@@ -198,12 +198,17 @@ class Telemetry:
         self._steps[node_key] = acc
         return acc.stats
 
+    def drop_step(self, node_key) -> None:
+        """Forget `node_key`'s unfinished step, sending nothing (a run cut off by an interrupt or an error)."""
+        if node_key is not None:
+            self._steps.pop(str(node_key), None)
+
     def end_step(self, node_key) -> dict | None:
         """Send the finished step's summary of `node_key` (if it has one) to its subscribers; return it."""
         acc = self._steps.pop(node_key, None) if node_key is not None else None
         if acc is None or acc.stats.calls == 0 or self.sender is None:
             return None
-        message = {"node": node_key, "prompt_id": self._prompt_id(), "step": acc.step, "steps": acc.steps,
+        message = {"node": node_key, "prompt_id": self.current_prompt_id(), "step": acc.step, "steps": acc.steps,
                    "sigma": _finite(acc.sigma)}
         message.update({k: _finite(v) for k, v in acc.stats.summary().items()})
         for client in self.clients_for(node_key):
@@ -213,7 +218,8 @@ class Telemetry:
             self.sender(EVENT, message, client)
         return message
 
-    def _prompt_id(self):
+    def current_prompt_id(self):
+        """The id of the prompt being executed, or None when unknown."""
         try:
             return self.prompt_id() if self.prompt_id is not None else None
         except Exception:

@@ -15,18 +15,16 @@ from typing import Optional
 
 import torch
 
+from ..stats import sums_dtype
+
 NAMESPACE = "comfyui_gag"
-
-
-def _sums_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def _call_sums(stats, device) -> torch.Tensor:
     """The (4,) sums a GuidanceStats gathered in the op's body (zeros when none)."""
     if stats is not None and stats._sums is not None:
         return stats._sums.to(device)
-    return torch.zeros(4, dtype=_sums_dtype(device), device=device)
+    return torch.zeros(4, dtype=sums_dtype(device), device=device)
 
 
 @torch.library.custom_op(f"{NAMESPACE}::guided_cross", mutates_args=())
@@ -47,7 +45,7 @@ def guided_cross(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o_dense: Opt
 @guided_cross.register_fake
 def _(q, k, v, o_dense, mask, method, scale, beta, tau, alpha, softmax_scale, with_stats):
     b, h, n, _ = q.shape
-    return q.new_empty((b, h, n, v.shape[3])), q.new_empty((4,), dtype=_sums_dtype(q.device))
+    return q.new_empty((b, h, n, v.shape[3])), q.new_empty((4,), dtype=sums_dtype(q.device))
 
 
 @torch.library.custom_op(f"{NAMESPACE}::guided_joint", mutates_args=())
@@ -72,4 +70,4 @@ def guided_joint(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o_dense: tor
 def _(q, k, v, o_dense, lse, mass, mask, text_start, text_stop, segments, method, scale, beta, tau, alpha,
       softmax_scale, with_stats):
     b, h, n, _ = q.shape
-    return q.new_empty((b, h, n, v.shape[3])), q.new_empty((4,), dtype=_sums_dtype(q.device))
+    return q.new_empty((b, h, n, v.shape[3])), q.new_empty((4,), dtype=sums_dtype(q.device))
