@@ -114,12 +114,17 @@ def test_bad_settings_are_rejected():
 
 
 def test_ddim_inversion_then_reconstruction_returns_near_the_image(model):
-    """The deterministic ODE run up and back down with the same operator lands close to where it started."""
-    rng = random.Random(random.randrange(1 << 30))
+    """The deterministic ODE run up and back down with the same operator lands close to where it started.
+
+    At 25 steps the round trip is accurate (measured: error 0.01–0.2 × a fresh sample's on seeds 0, 13, 15, 23);
+    at 10 it is not (0.8–1.2 ×), so the step count is part of the property, and the seed is fixed.
+    """
+    rng = random.Random(0)
     specs, imgs = zip(*[(s, img) for s, _, img in (world.sample(rng, world.TASKS) for _ in range(4))])
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1
     ids = _ids([world.caption_of(s) for s in specs])
-    z = diffusion.invert(model, x, ids, steps=10)
-    rec = diffusion.sample(model, ids, z, steps=10, cfg_scale=1.0)
-    noise_err = ((torch.randn_like(x).clamp(-1, 1) - x) ** 2).mean()
-    assert ((rec - x) ** 2).mean() < 0.25 * noise_err
+    z = diffusion.invert(model, x, ids, steps=25)
+    rec = diffusion.sample(model, ids, z, steps=25, cfg_scale=1.0)
+    fresh = diffusion.sample(model, ids, torch.randn(x.shape, generator=torch.Generator().manual_seed(0)),
+                             steps=25, cfg_scale=1.0)
+    assert ((rec - x) ** 2).mean() < 0.3 * ((fresh - x) ** 2).mean()
