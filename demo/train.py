@@ -7,6 +7,7 @@ import json
 import math
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,9 +45,20 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1, help="1 is fastest on a busy shared CPU")
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--out", default="", help="default: the bundled weights' path for --arch")
+    p.add_argument("--config", default="", help="architecture settings over the defaults, as JSON, e.g. "
+                   "'{\"pixel_channels\": 32}' (a new model only)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from <out>.state.pt (its "
+                   "settings, step, elapsed time, optimiser and random streams): the same schedule to the same end")
     p.add_argument("--init", default="", help="start from these weights (model and EMA) instead of from scratch")
     args = p.parse_args(argv)
     args.out = args.out or str(DEFAULT_PATHS[args.arch])
+    state_path = Path(args.out).with_suffix(".state.pt")
+    resumed = None
+    if args.resume:
+        if not state_path.is_file():
+            raise SystemExit(f"--resume: no training state at {str(state_path)!r}")
+        resumed = torch.load(state_path, weights_only=False)
+        args = argparse.Namespace(**{**resumed["args"], "resume": True})
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -61,7 +73,7 @@ def main(argv=None) -> None:
         print(f"continuing from {args.init} ({prior_steps} steps, {prior_seconds:.0f}s)", flush=True)
     else:
         model_cls, cfg_cls = ARCHS[args.arch]
-        model = model_cls(cfg_cls())
+        model = model_cls(cfg_cls(**json.loads(args.config or "{}")))
         prior_steps, prior_seconds = 0, 0.0
     cfg = model.cfg
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -70,6 +82,16 @@ def main(argv=None) -> None:
     print(f"{model.arch}: params {n_params / 1e6:.2f}M, {kind}-attention layers {model.n_attn}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     t0 = time.time()
+    i = 0
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        ema.load_state_dict(resumed["ema"])
+        opt.load_state_dict(resumed["opt"])
+        rng.setstate(resumed["rng"])
+        gen.set_state(resumed["gen"])
+        torch.set_rng_state(resumed["torch_rng"])
+        i, t0 = resumed["step"], t0 - resumed["elapsed"]
+        print(f"resuming {args.out} at step {i} ({resumed['elapsed']:.0f}s in)", flush=True)
 
     def progress(i: int) -> float:
         """Fraction of training done: by steps, or by wall-clock time when a budget is set."""
@@ -91,8 +113,12 @@ def main(argv=None) -> None:
         if args.init:
             meta["continued_from_steps"] = str(prior_steps)
         save(ema, args.out, meta)
+        torch.save({"args": {k: v for k, v in vars(args).items() if k != "resume"}, "model": model.state_dict(),
+                    "ema": ema.state_dict(), "opt": opt.state_dict(), "rng": rng.getstate(), "gen": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(), "step": step, "elapsed": time.time() - t0},
+                   state_path.with_suffix(".tmp"))
+        state_path.with_suffix(".tmp").replace(state_path)
 
-    i = 0
     while True:
         frac = progress(i)
         if frac >= 1.0:

@@ -1,6 +1,7 @@
 """The bundled MMDiT: shapes, 2-D RoPE, determinism, and every guided joint-attention call goes through gag_core."""
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -177,3 +178,33 @@ def test_train_then_load_round_trip(tmp_path):
     save(m, path, {"config": metadata(path)["config"], "arch": "dit9"})
     with pytest.raises(ValueError, match="'dit9'"):
         load(path)
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """--resume continues from <out>.state.pt: step, optimiser, EMA and random streams, so the end is the same."""
+    import demo.train as train_mod
+
+    argv = ["--arch", "mmdit", "--steps", "4", "--batch", "2", "--warmup", "1", "--save-every", "2",
+            "--config", '{"width": 32, "depth": 1, "heads": 2, "pixel_channels": 8}']
+    straight, broken = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    train_mod.main(argv + ["--out", str(straight)])
+    real_batch, calls = train_mod.batch, []
+
+    def interrupted(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:  # after the checkpoint at step 2
+            raise KeyboardInterrupt
+        return real_batch(*a, **kw)
+
+    monkeypatch.setattr(train_mod, "batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.main(argv + ["--out", str(broken)])
+    assert metadata(broken)["steps"] == "2"
+    monkeypatch.setattr(train_mod, "batch", real_batch)
+    train_mod.main(["--resume", "--out", str(broken)])
+    assert metadata(broken)["steps"] == "4"
+    a, b = load(straight).state_dict(), load(broken).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads(metadata(broken)["config"])["pixel_channels"] == 8
+    with pytest.raises(SystemExit, match="no training state"):
+        train_mod.main(["--resume", "--out", str(tmp_path / "none.safetensors")])
