@@ -266,6 +266,7 @@ def run_one(args, arch: str, model, meta: dict, configs: list[Guidance]) -> None
         "items": [{"task": it.task, "caption": it.caption, "seed": it.seed,
                    **{g.label: bool(results[g.label][it.index]) for g in configs}} for it in items],
         "steps": args.steps, "cfg": args.cfg, "weights_meta": meta,
+        "stats": {g.label: g.stats.summary() for g in configs if g.stats is not None and g.stats.calls},
     }, indent=1))
     print(f"grid: {out / 'grid.png'}  results: {out / 'results.json'}  (sampling {t_sample:.1f}s)")
 

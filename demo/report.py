@@ -74,6 +74,17 @@ def _pooled(paths: list[str]) -> tuple[list[dict], dict[str, np.ndarray], dict]:
     return items, {label: np.concatenate(p) for label, p in parts.items()}, info
 
 
+def load_effects(paths: list[str]) -> dict[str, float]:
+    """{setting: mean ‖λ·c·G‖/‖O_s‖ per (token, head)} from the files' guidance telemetry, token-weighted."""
+    sums: dict[str, list[float]] = {}
+    for path in paths:
+        for label, st in json.loads(Path(path).read_text()).get("stats", {}).items():
+            acc = sums.setdefault(label, [0.0, 0.0])
+            acc[0] += st["rel_guidance"] * st["tokens"]
+            acc[1] += st["tokens"]
+    return {label: total / n for label, (total, n) in sums.items() if n}
+
+
 def cell(ok: np.ndarray) -> str:
     """'64 % [59–68]': the share judged correct and its 95 % Wilson interval, in percent."""
     k, n = int(ok.sum()), len(ok)
@@ -81,11 +92,17 @@ def cell(ok: np.ndarray) -> str:
     return f"{100 * k / max(n, 1):.0f} % [{100 * lo:.0f}–{100 * hi:.0f}]"
 
 
-def markdown(items: list[dict], results: dict[str, np.ndarray], baseline: str = "baseline") -> str:
-    """README-style table: per task type and overall (bold), and the exact McNemar test against the baseline."""
+def markdown(items: list[dict], results: dict[str, np.ndarray], baseline: str = "baseline",
+             effects: dict[str, float] | None = None) -> str:
+    """README-style table: per task type and overall (bold), and the exact McNemar test against the baseline.
+
+    effects: {setting: mean ‖λ·c·G‖/‖O_s‖}, shown in a last column when given.
+    """
     tasks = [t for t in world.TASKS if any(it["task"] == t for it in items)]
     task_of = np.array([it["task"] for it in items])
     head = ["setting", *(TASK_NAMES.get(t, t) for t in tasks), "overall", "vs baseline (better/worse, McNemar p)"]
+    if effects:
+        head.append("‖λ·c·G‖/‖O_s‖")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, ok in results.items():
         row = [label, *(cell(ok[task_of == t]) for t in tasks), f"**{cell(ok)}**"]
@@ -95,6 +112,8 @@ def markdown(items: list[dict], results: dict[str, np.ndarray], baseline: str = 
             row.append(f"+{b}/−{w}, p = {mcnemar_p(b, w):.2g}")
         else:
             row.append("")
+        if effects:
+            row.append(f"{effects[label]:.2f}" if label in effects else "")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -114,7 +133,7 @@ def main(argv=None) -> int:
     print(f"{info['arch']}: {info['steps']} DDIM steps, CFG {info['cfg']:g}, {n_task} images per task type, "
           f"{len(items)} per setting")
     print()
-    print(markdown(items, results))
+    print(markdown(items, results, effects=load_effects(args.results)))
     return 0
 
 

@@ -58,9 +58,11 @@ def test_report_merges_runs_of_one_set_into_one_markdown_table(tmp_path, capsys)
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| setting")]
     assert [r.split(" | ")[0][2:] for r in rows] == ["baseline", "PLADIS s=2", "GAG λ=2 β=0 τ=15", "GAG λ=7 β=0 τ=15"]
-    n_cols = len(world.TASKS) + 3
+    n_cols = len(world.TASKS) + 4  # setting, tasks, overall, McNemar, ‖λ·c·G‖/‖O_s‖
     assert all(r.count(" | ") == n_cols - 1 for r in rows)
-    assert "McNemar" in out and "p = " in rows[1] and rows[0].endswith("|  |")
+    assert "McNemar" in out and "p = " in rows[1] and rows[0].endswith("|  |  |") and rows[1].endswith("|  |")
+    effects = [float(r.split(" | ")[-1].rstrip(" |")) for r in rows[2:]]  # GAG λ = 2 and 7 carry telemetry
+    assert 0 < effects[0] < effects[1]
     assert "2 DDIM steps" in out and f"{len(world.TASKS)} per setting" in out
 
 
