@@ -22,7 +22,6 @@ class MMDiTConfig:
     patch: int = 4  # image tokens are patch×patch pixel patches: 32×32 → 8×8 tokens
     image_size: int = 32
     rope_theta: float = 100.0
-    pixel_channels: int = 0  # > 0: a 3×3-conv stem before patchify and a 3×3-conv pixel head after it (0: linear)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -145,10 +144,7 @@ class MMDiT(nn.Module):
         self.tok = nn.Embedding(len(VOCAB), c)
         self.txt_pos = nn.Parameter(torch.randn(MAX_TOKENS, c) * 0.02)
         self.txt_in = nn.Linear(c, c)
-        pc = cfg.pixel_channels
-        # Optional pixel path (text-free: the caption still reaches the image only through the joint attention).
-        self.stem = nn.Sequential(nn.Conv2d(3, pc, 3, padding=1), nn.SiLU()) if pc else None
-        self.img_in = nn.Linear((pc or 3) * p * p, c)
+        self.img_in = nn.Linear(3 * p * p, c)
         self.time = nn.Sequential(nn.Linear(64, c), nn.SiLU(), nn.Linear(c, c))
         self.blocks = nn.ModuleList(DoubleStreamBlock(cfg, i) for i in range(cfg.depth))
         self.n_attn = cfg.depth
@@ -156,15 +152,9 @@ class MMDiT(nn.Module):
         nn.init.zeros_(self.final_mod.weight)
         nn.init.zeros_(self.final_mod.bias)
         self.final_norm = nn.LayerNorm(c, elementwise_affine=False, eps=1e-6)
-        self.out = nn.Linear(c, (pc or 3) * p * p)
-        self.head = None
-        if pc:  # tokens → pc channels per pixel, joined with the noisy input, refined at full resolution
-            self.head = nn.Sequential(nn.Conv2d(pc + 3, pc, 3, padding=1), nn.SiLU(), nn.Conv2d(pc, 3, 3, padding=1))
-            last = self.head[-1]
-        else:
-            last = self.out
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        self.out = nn.Linear(c, 3 * p * p)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
         cos, sin = rope_2d(self.side, self.side, c // cfg.heads, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -180,14 +170,12 @@ class MMDiT(nn.Module):
         """Predict v for noisy images z (B, 3, S, S) at times t (B,) ∈ [0, 1] given the embedded caption."""
         p = self.cfg.patch
         vec = self.time(sinusoidal(t * 1000.0, 64))  # (B, C)
-        pix = z if self.stem is None else self.stem(z)  # (B, 3 or pc, S, S)
-        img = self.img_in(F.pixel_unshuffle(pix, p).flatten(2).transpose(1, 2))  # (B, N, ·p²) → (B, N, C)
+        img = self.img_in(F.pixel_unshuffle(z, p).flatten(2).transpose(1, 2))  # (B, N, 3·p²) → (B, N, C)
         txt = self.txt_in(ctx)  # (B, M, C)
         rope = (self.rope_cos, self.rope_sin)
         for blk in self.blocks:
             txt, img = blk(txt, img, vec, rope, mask, attend)
         shift, scale = self.final_mod(F.silu(vec))[:, None, :].chunk(2, dim=-1)
-        x = self.out(self.final_norm(img) * (1 + scale) + shift)  # (B, N, (3 or pc)·p²)
+        x = self.out(self.final_norm(img) * (1 + scale) + shift)  # (B, N, 3·p²)
         b, s = z.shape[0], self.side
-        x = F.pixel_shuffle(x.transpose(1, 2).reshape(b, x.shape[-1], s, s), p)  # (B, 3 or pc, S, S)
-        return x if self.head is None else self.head(torch.cat([x, z], 1))
+        return F.pixel_shuffle(x.transpose(1, 2).reshape(b, 3 * p * p, s, s), p)

@@ -46,7 +46,7 @@ def main(argv=None) -> None:
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--out", default="", help="default: the bundled weights' path for --arch")
     p.add_argument("--config", default="", help="architecture settings over the defaults, as JSON, e.g. "
-                   "'{\"pixel_channels\": 32}' (a new model only)")
+                   "'{\"depth\": 8}' (a new model only)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from <out>.state.pt (its "
                    "settings, step, elapsed time, optimiser and random streams): the same schedule to the same end")
     p.add_argument("--init", default="", help="start from these weights (model and EMA) instead of from scratch")

@@ -185,7 +185,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     import demo.train as train_mod
 
     argv = ["--arch", "mmdit", "--steps", "4", "--batch", "2", "--warmup", "1", "--save-every", "2",
-            "--config", '{"width": 32, "depth": 1, "heads": 2, "pixel_channels": 8}']
+            "--config", '{"width": 32, "depth": 1, "heads": 2}']
     straight, broken = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     train_mod.main(argv + ["--out", str(straight)])
     real_batch, calls = train_mod.batch, []
@@ -205,6 +205,6 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch)
     assert metadata(broken)["steps"] == "4"
     a, b = load(straight).state_dict(), load(broken).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert json.loads(metadata(broken)["config"])["pixel_channels"] == 8
+    assert json.loads(metadata(broken)["config"])["width"] == 32
     with pytest.raises(SystemExit, match="no training state"):
         train_mod.main(["--resume", "--out", str(tmp_path / "none.safetensors")])
