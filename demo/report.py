@@ -2,8 +2,9 @@
 
 Several files (e.g. one run per sweep) merge into one table when they hold the same items; a setting present in
 more than one file must have the same judgements in each (sampling is deterministic). With --pool the files are
-runs of the same settings on different prompt × seed sets (e.g. --first-seed 0, 100, 200): their items are
-concatenated, so every statistic, the paired test included, is over the pooled images.
+runs on different prompt × seed sets (e.g. --first-seed 0, 100, 200; several files of one set merge first): their
+items are concatenated over the settings every set holds, so every statistic, the paired test included, is over
+the pooled images.
 """
 from __future__ import annotations
 
@@ -50,28 +51,38 @@ def load_results(paths: list[str], pool: bool = False) -> tuple[list[dict], dict
 
 
 def _pooled(paths: list[str]) -> tuple[list[dict], dict[str, np.ndarray], dict]:
-    """load_results(pool=True): the same settings and run, different (task, caption, seed) items, concatenated."""
-    items, parts, info, settings, seen = [], {}, {}, None, set()
+    """load_results(pool=True): files of one prompt × seed set merge; the sets, disjoint, are concatenated over the
+    settings every set holds (each set's settings may come from several files, e.g. a sweep split in two)."""
+    groups, info = [], None
     for path in paths:
         res = json.loads(Path(path).read_text())
         run = {k: res.get(k) for k in ("arch", "steps", "cfg")}
-        if settings is None:
-            settings, info = list(res["settings"]), run
-        elif res["settings"] != settings:
-            raise ValueError(f"{str(path)!r} holds other settings than {paths[0]!r}; --pool needs the same ones")
+        if info is None:
+            info = run
         elif run != info:
             raise ValueError(f"{str(path)!r} is a different run (arch/steps/cfg) from {paths[0]!r}")
-        keys = {(it["task"], it["caption"], it["seed"]) for it in res["items"]}
-        if keys & seen:
-            raise ValueError(f"{str(path)!r} repeats images of an earlier file; --pool needs disjoint prompt × seed "
-                             "sets (e.g. different --first-seed)")
-        seen |= keys
-        items += [dict(task=it["task"], caption=it["caption"], seed=it["seed"]) for it in res["items"]]
-        for label in settings:
-            parts.setdefault(label, []).append(np.array([bool(it[label]) for it in res["items"]]))
-    if settings is None:
+        keys = [(it["task"], it["caption"], it["seed"]) for it in res["items"]]
+        group = next((g for g in groups if g["keys"] == keys), None)
+        if group is None:
+            if any(set(keys) & set(g["keys"]) for g in groups):
+                raise ValueError(f"{str(path)!r} repeats images of an earlier file; --pool needs disjoint prompt × "
+                                 "seed sets (e.g. different --first-seed), or the very same set to merge")
+            group = {"keys": keys, "ok": {}}
+            groups.append(group)
+        elif set(res["settings"]) <= set(group["ok"]):
+            raise ValueError(f"{str(path)!r} adds nothing to an earlier file of the same images")
+        for label in res["settings"]:
+            ok = np.array([bool(it[label]) for it in res["items"]])
+            if label in group["ok"] and not np.array_equal(group["ok"][label], ok):
+                raise ValueError(f"setting {label!r} differs between two files of the same images ({str(path)!r})")
+            group["ok"][label] = ok
+    if not groups:
         raise ValueError("no results files given")
-    return items, {label: np.concatenate(p) for label, p in parts.items()}, info
+    common = [label for label in groups[0]["ok"] if all(label in g["ok"] for g in groups)]
+    if not common:
+        raise ValueError("the files' seed sets share no setting; --pool needs the same ones")
+    items = [dict(task=t, caption=c, seed=s) for g in groups for t, c, s in g["keys"]]
+    return items, {label: np.concatenate([g["ok"][label] for g in groups]) for label in common}, info
 
 
 def load_effects(paths: list[str]) -> dict[str, float]:

@@ -114,9 +114,16 @@ def test_report_pools_runs_of_the_same_settings_on_disjoint_seed_sets(tmp_path, 
     capsys.readouterr()
     assert report_main(["--pool", str(a), str(b)]) == 0
     assert f"{2 * len(world.TASKS)} per setting" in capsys.readouterr().out
-    assert report_main(["--pool", str(a), str(a)]) == 2  # the same images twice
+    assert report_main(["--pool", str(a), str(a)]) == 2  # the same file twice
+    assert "adds nothing" in capsys.readouterr().err
+    part = json.loads(a.read_text())
+    part["items"] = part["items"][1:]  # some of a's images, not all: neither the same set nor a disjoint one
+    (tmp_path / "part.json").write_text(json.dumps(part))
+    assert report_main(["--pool", str(a), str(tmp_path / "part.json")]) == 2
     assert "disjoint" in capsys.readouterr().err
-    c = _run(tmp_path, "c", "--scale", "4", "--first-seed", "9")
-    capsys.readouterr()
-    assert report_main(["--pool", str(a), str(c)]) == 2
-    assert "other settings" in capsys.readouterr().err
+    c = _run(tmp_path, "c", "--scale", "4", "--first-seed", "9", "--no-pladis")  # shares only the baseline
+    items, res, _ = load_results([str(a), str(c)], pool=True)
+    assert list(res) == ["baseline"] and len(res["baseline"]) == len(items)
+    e = _run(tmp_path, "e", "--scale", "4", "--no-pladis")  # a's images, one more setting: merged, then pooled
+    items, res, _ = load_results([str(a), str(e), str(c)], pool=True)
+    assert list(res) == ["baseline", "GAG λ=4 β=0 τ=15"] and len(items) == 2 * len(one["items"])
