@@ -1,7 +1,7 @@
 """Recommended GAG settings per model family: the one table the nodes, workflows and web panel follow."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 # Where a preset value comes from (`Preset.source`): the README's settings table and the web menu's tooltip show it.
 PROVENANCE = ("paper", "public port", "measured here", "extrapolated")
@@ -51,8 +51,24 @@ _UNET = _RULE + (("blocks", "paper"), ("pladis_scale", "paper"))
 _PORTED = (("scale", "public port"), ("tau", "public port"))
 
 
+# The measurement behind every joint-attention row's λ, appended to its note (the preset menu's tooltip shows it).
+_JOINT_LAMBDA = ("λ on the demo's FLUX.1-like MMDiT (docs/evidence.md): at 20 steps with CFG 1–5 were neutral and "
+                 "10–20 lost alignment; at 4 steps without CFG 2 gained most and 5 a little. At λ = 5 the chart "
+                 "reads ≈ 0.3 with CFG, a third of a UNet's reading at the same λ.")
+
+
+_JOINT_FAMILIES = frozenset({"flux1", "flux2", "qwen_image", "sd3", "omnigen2", "boogu", "ideogram4", "lens",
+                             "hunyuan_image21", "joyimage", "pixeldit", "cogvideox", "zimage", "chroma",
+                             "hunyuan_video", "krea2", "hidream", "minimax_h3"})
+
+
+def _with_evidence(p: Preset) -> Preset:
+    """A joint-attention row with the measurement behind its λ appended to its note."""
+    return replace(p, note=f"{p.note} {_JOINT_LAMBDA}") if p.family in _JOINT_FAMILIES else p
+
+
 PRESETS: dict[str, Preset] = {
-    p.family: p
+    p.family: _with_evidence(p)
     for p in (
         Preset("sd15", "SD 1.5", 1.0, 0.0, 15.0, 1.5, 0.0, 1.0, "input,output", 2.0, (0.5, 3.0), (0.0, 0.3),
                "UNet cross-attention (77 CLIP tokens). λ = 1: on the SD 1.5-like demo UNet λ ≥ 2 lost single "

@@ -46,7 +46,7 @@ def test_settings_table_matches_the_presets_and_names_each_source():
         assert beta == f"{p.beta:g} ({p.beta_range[0]:g}–{p.beta_range[1]:g})", p.family
         assert window == f"{p.start_percent:g}–{p.end_percent:g}", p.family
         assert blocks.replace(" ", "") == p.blocks, p.family
-        assert source.rstrip(" ¹²") == p.source_of("scale") and source.rstrip(" ¹²") in PROVENANCE, p.family
+        assert source.rstrip(" ¹²³") == p.source_of("scale") and source.rstrip(" ¹²³") in PROVENANCE, p.family
 
 
 def test_links_resolve_and_no_measured_table_is_left():
