@@ -82,6 +82,11 @@ def load_pack(name: str = PACK_NAME):
     return module
 
 
+def pack_module(patch_module, name: str):
+    """The loaded pack's submodule `name` (e.g. "families"), found beside its `patch` module."""
+    return importlib.import_module(patch_module.__name__.rsplit(".", 1)[0] + "." + name)
+
+
 def seeded_patcher(model_config, seed: int = 0, dtype=None, buffers: bool = False):
     """A CPU ModelPatcher around `model_config`'s tiny model, weights redrawn from `seed`: matrices N(0, 1/fan_in),
     vectors N(0, 0.02²) (+1 for norms) so attention logits are not degenerate; `buffers`: float buffers N(0, 0.25)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import seeded_patcher
+from conftest import pack_module, seeded_patcher
 from test_comfyui_nodes import GAG, Recorder
 from test_comfyui_tiny import comfy  # noqa: F401  (fixture)
 from test_comfyui_video import CallLog
@@ -115,7 +115,7 @@ def sample(comfy, model, family: str, reference=None):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_guides_exactly_the_intended_calls(comfy, monkeypatch, family):
-    families = __import__(comfy.patch.__name__.rsplit(".", 1)[0] + ".families", fromlist=["x"])
+    families = pack_module(comfy.patch, "families")
     model = build(comfy, family)
     assert families.detect_family(model.model).key == FAMILIES[family][4]
     baseline = sample(comfy, model, family)
@@ -176,7 +176,7 @@ def test_omnigen_edit_reference_rows_stay_dense(comfy, monkeypatch, family):
         assert g["q_len"] == t + 8 + IMAGE_TOKENS and g["text_range"] == (0, t)
         assert g["guided_stop"] == t + 8 + IMAGE_TOKENS  # rows [t + 8, end) guided; [t, t + 8) dense (below)
         call, got = g["tensors"]
-        ac = __import__(comfy.patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
+        ac = pack_module(comfy.patch, "attention_call")
         q, k, v = (ac.to_bhld(x, call.heads, call.skip_reshape) for x in (call.q, call.k, call.v))
         if k.shape[1] != q.shape[1]:  # GQA: each k/v head serves q.shape[1] // k.shape[1] query heads
             k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
@@ -199,7 +199,7 @@ def test_ideogram4_padded_text_stays_out_of_the_guidance(comfy, monkeypatch):
     out = comfy.nodes.common_ksampler(patched, 0, 1, 1.0, "euler", "normal", cond, cond,
                                       {"samples": torch.zeros(1, 128, 4, 4)}, denoise=1.0)[0]["samples"]
     assert torch.isfinite(out).all() and rec.guided
-    ac = __import__(comfy.patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
+    ac = pack_module(comfy.patch, "attention_call")
     for g in rec.guided:
         assert g["q_len"] == 9 + IMAGE_TOKENS and g["text_range"] == (0, 9)
         call, got = g["tensors"]
@@ -227,7 +227,7 @@ def test_hunyuan_video15_super_resolution_is_guided_as_its_parent(monkeypatch):
                                      dict(CONFIGS["hunyuan_video15"][1], in_channels=98), (32, 2), 32)
     MODEL_BASE["hunyuan_video15_sr"] = "HunyuanVideo15_SR_Distilled"
     try:
-        families = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".families", fromlist=["x"])
+        families = pack_module(jc.patch, "families")
         model = jc.build("hunyuan_video15_sr")
         assert families.detect_family(model.model).key == "hunyuan_video"
         rec = Recorder(jc, monkeypatch)
@@ -263,7 +263,7 @@ def test_hunyuan_image21_guides_image_rows_on_the_llm_and_byt5_text(monkeypatch)
         use_cond_type_embedding=False, vision_in_dim=None, meanflow_sum=False), (64, None), 32)
     MODEL_BASE["hunyuan_image21"] = "HunyuanImage21"
     try:
-        families = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".families", fromlist=["x"])
+        families = pack_module(jc.patch, "families")
         model = jc.build("hunyuan_image21")
         assert families.detect_family(model.model).key == "hunyuan_image21"
         gen = torch.Generator().manual_seed(1)

@@ -26,7 +26,7 @@ import math
 import pytest
 import torch
 
-from conftest import seeded_patcher
+from conftest import pack_module, seeded_patcher
 from test_comfyui_tiny import Comfy
 
 pytestmark = pytest.mark.comfyui
@@ -256,7 +256,7 @@ def test_only_image_query_times_text_key_weights_change(jc, recorder, family):
     patched = jc.run_node(GAG, model=model, scale=6.0, beta=0.3)
     rec = recorder(keep_tensors=True)
     jc.sample(patched, family, steps=1)
-    ac = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
+    ac = pack_module(jc.patch, "attention_call")
     assert rec.guided
     for g in rec.guided:
         call, out = g["tensors"]
@@ -302,7 +302,7 @@ def test_pladis_equals_gag_core_pladis(jc, recorder, family):
     rec = recorder(keep_tensors=True)
     jc.sample(patched, family, steps=1)
     att = jc.gag_core_attention
-    ac = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
+    ac = pack_module(jc.patch, "attention_call")
     assert rec.guided
     for g in rec.guided:
         call, out = g["tensors"]
@@ -361,7 +361,7 @@ def test_krea2_reference_rows_stay_dense(jc, recorder):
                     negative=negative)
     assert torch.isfinite(out).all() and not torch.equal(out, baseline)
     assert rec.guided
-    ac = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
+    ac = pack_module(jc.patch, "attention_call")
     for g in rec.guided:
         t = g["q_len"] - 32
         assert t in (7, 9) and g["text_range"] == (0, t) and g["guided_stop"] == t + 16
@@ -406,7 +406,7 @@ def test_hunyuan_padded_text_keys_are_masked(jc, recorder):
     rec = recorder(keep_tensors=True)
     jc.sample(jc.run_node(GAG, model=model, scale=6.0, beta=0.3), "hunyuan_video", positive=positive,
               negative=negative, steps=1)
-    ac = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
+    ac = pack_module(jc.patch, "attention_call")
     assert rec.guided
     for g in rec.guided:
         call, out = g["tensors"]
@@ -436,7 +436,7 @@ def test_known_unsupported_models_pass_through_with_the_reason(jc, caplog, cls_n
     model = types.SimpleNamespace(model=base)
     with caplog.at_level(logging.WARNING):
         assert jc.patch.apply_guidance(model, method="gag", scale=5.0) is model
-    families = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".families", fromlist=["x"])
+    families = pack_module(jc.patch, "families")
     messages = [r.getMessage() for r in caplog.records if "not a supported model" in r.getMessage()]
     assert len(messages) == 1 and cls_name in messages[0] and families.PASS_THROUGH[cls_name] in messages[0]
 
@@ -548,7 +548,7 @@ def test_minimax_guides_video_rows_on_the_text_only(jc, recorder, minimax):
     model, sample = minimax
     rec = recorder(keep_tensors=True)
     sample(jc.run_node(GAG, model=model, scale=6.0, beta=0.3))
-    ac = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
+    ac = pack_module(jc.patch, "attention_call")
     passes = rec.per_pass()
     assert len(passes) == rec.passes == 2
     for index, guided in passes.items():
@@ -579,7 +579,7 @@ def test_minimax_pladis_equals_gag_core_and_caller_untouched(jc, recorder, minim
     out = sample(jc.run_node(PLADIS, model=model, scale=2.0))
     assert torch.isfinite(out).all() and not torch.equal(out, baseline)
     assert torch.equal(sample(model), baseline) and options_snapshot(model) == before
-    ac = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
+    ac = pack_module(jc.patch, "attention_call")
     for g in rec.guided:
         call, got = g["tensors"]
         q, k, v = (ac.to_bhld(x, call.heads, call.skip_reshape) for x in (call.q, call.k, call.v))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import pack_module
 from test_comfyui_joint_families import (  # noqa: F401  (fixtures)
     GAG,
     MINIMAX_AUDIO,
@@ -69,7 +70,7 @@ def test_guides_target_video_rows_against_the_text_only(jc, recorder, minimax, m
     rec = recorder(keep_tensors=True)
     out = sample(jc.run_node(GAG, model=model, scale=6.0, beta=0.3), positive, negative)
     assert torch.isfinite(out).all()
-    ac = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
+    ac = pack_module(jc.patch, "attention_call")
     passes = rec.per_pass()
     assert len(passes) == rec.passes == 2  # cond and uncond (7 and 9 tokens) run apart, both guided
     for index, guided in passes.items():
@@ -104,7 +105,7 @@ def test_pladis_equals_gag_core_and_the_caller_is_untouched(jc, recorder, minima
     out = sample(jc.run_node(PLADIS, model=model, scale=2.0), positive, negative)
     assert torch.isfinite(out).all() and not torch.equal(out, baseline) and rec.guided
     assert torch.equal(sample(model, positive, negative), baseline) and options_snapshot(model) == before
-    ac = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
+    ac = pack_module(jc.patch, "attention_call")
     for g in rec.guided:
         call, got = g["tensors"]
         q, k, v = (ac.to_bhld(x, call.heads, call.skip_reshape) for x in (call.q, call.k, call.v))
@@ -118,7 +119,7 @@ def test_pladis_equals_gag_core_and_the_caller_is_untouched(jc, recorder, minima
 
 def test_a_layout_the_row_cannot_read_stays_dense(jc):
     """Keyframes without the host's segment table (a host that stops building it): no call is routed."""
-    families = __import__(jc.patch.__name__.rsplit(".", 1)[0] + ".families", fromlist=["x"])
+    families = pack_module(jc.patch, "families")
     row = families.FAMILIES["minimax_h3"]
     assert row.stream_rows({"minimax_payload": {"keyframes": [{}]}}) is None
     assert row.stream_rows({"latent_shapes": [(1, 24, 7, 4, 4), (1, 32, 2, 37)]}) == 74

@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 
+from conftest import pack_module
 from test_comfyui_tiny import EXPECTED_BLOCKS, CALLS_PER_PASS, FAMILIES, comfy  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.comfyui
@@ -119,7 +120,7 @@ def test_pladis_equals_gag_core_pladis(comfy, monkeypatch, family):
     comfy.sample(patched, family, steps=1)
     assert rec.guided
     att = comfy.gag_core_attention
-    ac = __import__(comfy.patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
+    ac = pack_module(comfy.patch, "attention_call")
     for g in rec.guided[: len(EXPECTED_BLOCKS[family])]:
         call, out = g["tensors"]
         q, k, v = (ac.to_bhld(t, call.heads, call.skip_reshape) for t in (call.q, call.k, call.v))
@@ -300,10 +301,10 @@ def test_comfy_kernels_give_the_same_guidance(comfy, kernel, layout):
     import comfy.ldm.modules.attention as host
 
     patch = comfy.patch
-    ac = __import__(patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
-    routing = __import__(patch.__name__.rsplit(".", 1)[0] + ".routing", fromlist=["x"])
-    blocks = __import__(patch.__name__.rsplit(".", 1)[0] + ".blocks", fromlist=["x"])
-    families = __import__(patch.__name__.rsplit(".", 1)[0] + ".families", fromlist=["x"])
+    ac = pack_module(patch, "attention_call")
+    routing = pack_module(patch, "routing")
+    blocks = pack_module(patch, "blocks")
+    families = pack_module(patch, "families")
     gen = torch.Generator().manual_seed(5)
     heads, d = 2, 16
     fam = families.FAMILIES["sdxl" if layout == "unet" else "flux1"]

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from conftest import pack_module
 from test_comfyui_nodes import ADV, GAG, PLADIS, Recorder, options_snapshot, percent_at
 from test_comfyui_tiny import CONFIGS, comfy  # noqa: F401  (fixture)
 
@@ -90,7 +91,7 @@ class CallLog:
         self.calls = []
         ga = comfy.patch.GuidedAttention
         orig = ga.__call__
-        ac = __import__(comfy.patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
+        ac = pack_module(comfy.patch, "attention_call")
         log = self
 
         def call(self, func, *args, **kwargs):
@@ -106,7 +107,7 @@ FAMILY_PARAMS = [pytest.param(f, id=f) for f in VIDEO]
 
 @pytest.mark.parametrize("video", FAMILY_PARAMS, indirect=True)
 def test_detected_as_its_family(comfy, video):
-    families = __import__(comfy.patch.__name__.rsplit(".", 1)[0] + ".families", fromlist=["x"])
+    families = pack_module(comfy.patch, "families")
     fam = families.detect_family(comfy.build(video).model)
     assert fam is not None and fam.key == ("ltxv" if video.startswith("ltx") else "wan") and fam.rule == "cross"
 
@@ -173,7 +174,7 @@ def test_pladis_equals_gag_core(comfy, monkeypatch, video):
     rec = Recorder(comfy, monkeypatch, keep_tensors=True)
     sample(comfy, patched, video, steps=1)
     att = comfy.gag_core_attention
-    ac = __import__(comfy.patch.__name__.rsplit(".", 1)[0] + ".attention_call", fromlist=["x"])
+    ac = pack_module(comfy.patch, "attention_call")
     assert len(rec.guided) == 2
     for g in rec.guided:
         call, out = g["tensors"]

@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import seeded_patcher
+from conftest import pack_module, seeded_patcher
 from test_comfyui_nodes import GAG, Recorder
 from test_comfyui_tiny import comfy  # noqa: F401  (fixture)
 from test_comfyui_video import CallLog
@@ -111,7 +111,7 @@ def sample(comfy, model, variant: str):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_variant_guides_one_text_cross_attention_per_block(comfy, monkeypatch, variant):
-    families = __import__(comfy.patch.__name__.rsplit(".", 1)[0] + ".families", fromlist=["x"])
+    families = pack_module(comfy.patch, "families")
     model = build(comfy, variant)
     assert families.detect_family(model.model).key == "wan"
     baseline = sample(comfy, model, variant)

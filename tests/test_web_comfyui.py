@@ -4,11 +4,11 @@ One message per step, aggregated over all guided layers of the step; nothing at 
 """
 from __future__ import annotations
 
-import sys
 
 import pytest
 import torch
 
+from conftest import pack_module
 from test_comfyui_tiny import EXPECTED_BLOCKS, Comfy
 
 pytestmark = pytest.mark.comfyui
@@ -23,7 +23,7 @@ def comfy():
 @pytest.fixture
 def tel(comfy, monkeypatch):
     """The pack's own telemetry module (as ComfyUI loaded it) with a fresh state and a list as websocket."""
-    module = sys.modules[comfy.patch.__name__.rsplit(".", 1)[0] + ".telemetry"]
+    module = pack_module(comfy.patch, "telemetry")
     sent = []
     fresh = module.Telemetry(sender=lambda event, data, client: sent.append((event, data, client)))
     monkeypatch.setattr(module, "TELEMETRY", fresh)
