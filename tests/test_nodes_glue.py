@@ -122,6 +122,14 @@ def test_every_family_has_a_preset():
         blocks.parse_blocks(preset.blocks, fam.kind, preset.blocks)  # the preset's blocks parse for its kind
 
 
+def test_the_joint_lambda_evidence_is_on_exactly_the_joint_attention_families():
+    """presets names the demo MMDiT's measurement on the rows whose routing rule is joint attention ("mmdit")."""
+    presets = importlib.import_module("gag_glue.gag_core.presets")
+    joint = {key for key, fam in families.FAMILIES.items() if fam.rule == "mmdit"}
+    assert presets._JOINT_FAMILIES == joint
+    assert all((presets._JOINT_LAMBDA in p.note) == (key in joint) for key, p in presets.PRESETS.items())
+
+
 # ----------------------------------------------------------------------------------------------- binding
 
 def rand(*shape):
